@@ -1,0 +1,61 @@
+# Two commands set everything up on a machine with Python 3.11, git and make:
+#   make run    build the environment from the lock, then run the pipeline
+#   make test   build the environment from the lock, then run the tests
+SHELL := bash
+.DEFAULT_GOAL := help
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(abspath $(VENV)/bin)
+ENV_STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_ENABLE_TELEMETRY := false
+export DO_NOT_TRACK := true
+
+.PHONY: help env run repro test test-fast lab lint format lock clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(ENV_STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-bootstrap.lock
+	# Byte-compile at install: the stages import mlflow and sklearn in every notebook kernel.
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python --require-hashes --compile-bytecode requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --compile-bytecode -e .
+	$(BIN)/pre-commit install --install-hooks >/dev/null 2>&1 || true
+	touch $@
+
+env: $(ENV_STAMP) ## Create .venv from the committed lock (the other targets do this first)
+
+run: $(ENV_STAMP) ## Run the whole pipeline on the default data (dvc repro)
+	dvc repro
+
+repro: run ## Same as run
+
+test: $(ENV_STAMP) ## Run the whole test suite
+	pytest
+
+test-fast: $(ENV_STAMP) ## Run the unit tests only
+	pytest -m "not integration"
+
+lab: $(ENV_STAMP) ## Open JupyterLab with the project's kernel on 127.0.0.1
+	jupyter lab --ip 127.0.0.1 --no-browser
+
+lint: $(ENV_STAMP) ## Check style with ruff
+	ruff check pipelines tests bench
+	ruff format --check pipelines tests bench
+
+format: $(ENV_STAMP) ## Format the code with ruff
+	ruff format pipelines tests bench
+	ruff check --fix pipelines tests bench
+
+lock: ## Re-pin requirements.lock from pyproject.toml (needs the package index)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes \
+		--no-emit-index-url --quiet -o requirements.lock
+
+clean: ## Remove the environment and caches (keeps data, models and stores)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Pure, typed building blocks of the pipeline; the notebooks in `notebooks/` drive them."""

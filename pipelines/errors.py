@@ -1,0 +1,17 @@
+"""Errors a stage reports as one readable line: they name the problem, never a traceback."""
+
+
+class PipelineError(Exception):
+    """A problem with the user's data or params, as opposed to a bug in the code."""
+
+
+class ParamsError(PipelineError):
+    """params.yaml asks for something that cannot be done."""
+
+
+class DataError(PipelineError):
+    """The data cannot be read, or is unusable before any contract applies."""
+
+
+class ContractViolation(PipelineError):
+    """The data breaks a hard rule of the data contract."""

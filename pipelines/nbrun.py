@@ -1,0 +1,65 @@
+"""Run a stage notebook with papermill; a failure becomes one readable line, not a traceback.
+
+Usage (as in dvc.yaml): python -m pipelines.nbrun IN.ipynb OUT.ipynb [--html] [papermill options]
+
+It creates OUT's folder (papermill does not), hands papermill its own options unchanged, and with
+--html renders the executed notebook next to OUT as the run's report.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ERROR_NAMES = ("ParamsError", "DataError", "ContractViolation", "PipelineError")
+
+
+def failure_line(stage: str, ename: str, evalue: str, report: str) -> str:
+    first = (evalue.strip().splitlines() or [""])[0]
+    if ename in ERROR_NAMES:
+        return f"ERROR {stage}: {first}"
+    return f"ERROR {stage}: {ename}: {first} (traceback in {report})"
+
+
+def render_html(notebook: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(notebook, 4))
+    target = notebook.with_suffix(".html")
+    target.write_text(body)
+    return target
+
+
+def main(argv: list[str]) -> int:
+    html = "--html" in argv
+    args = [a for a in argv if a != "--html"]
+    if len(args) < 2:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    output = Path(args[1])
+    stage = output.stem
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    from papermill.cli import papermill as papermill_cli
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        papermill_cli.main(
+            # Quiet: every section of params.yaml arrives, and papermill warns about unused ones.
+            args=[*args, "-p", "output_notebook", str(output), "--log-level", "ERROR"],
+            standalone_mode=False,
+        )
+    except PapermillExecutionError as exc:
+        print(failure_line(stage, exc.ename, exc.evalue, str(output)), file=sys.stderr)
+        return 1
+    except Exception as exc:  # papermill's own errors: missing notebook, bad option, kernel
+        print(failure_line(stage, type(exc).__name__, str(exc), str(output)), file=sys.stderr)
+        return 1
+    if html:
+        render_html(output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,62 @@
+"""Matplotlib figures of the evaluation, saved as PNG so reports render offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def curve(frame: pd.DataFrame, x: str, y: str, title: str, *, diagonal: bool = False) -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(frame[x], frame[y], lw=2)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.set(xlabel=x, ylabel=y, title=title, xlim=(0, 1), ylim=(0, 1.01))
+    fig.tight_layout()
+    return fig
+
+
+def confusion(frame: pd.DataFrame, title: str) -> Figure:
+    table = pd.crosstab(frame["actual"], frame["predicted"])
+    labels = sorted(set(table.index) | set(table.columns))
+    table = table.reindex(index=labels, columns=labels, fill_value=0)
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.0 * len(labels) + 2.5))
+    ax.imshow(table.to_numpy(), cmap="Blues")
+    for (i, j), count in np.ndenumerate(table.to_numpy()):
+        ax.text(j, i, str(count), ha="center", va="center")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="actual", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def importance(frame: pd.DataFrame, title: str, top: int = 20) -> Figure:
+    shown = frame.head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(shown) + 1.5))
+    ax.barh(shown["feature"].astype(str), shown["importance"], xerr=shown["std"], color="tab:blue")
+    ax.set(xlabel="drop in score when shuffled", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def residuals(frame: pd.DataFrame, title: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(frame["predicted"], frame["residual"], s=6, alpha=0.4)
+    ax.axhline(0, c="grey", ls="--", lw=1)
+    ax.set(xlabel="predicted", ylabel="actual - predicted", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)

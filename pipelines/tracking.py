@@ -1,0 +1,134 @@
+"""MLflow at the edges: one absolute store, lineage tags, and models saved without pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import main_root
+
+# Packages a logged model needs to load; pinned explicitly because inferring them costs ~5 s.
+MODEL_REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "skops")
+# Modules whose classes a saved model may contain. skops refuses anything else on load, so a
+# model in the registry cannot run arbitrary code the way a pickle can.
+TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+
+
+def store_dir(root: Path, store: str) -> Path:
+    """The store's absolute folder, in the user's project even under `dvc exp run --temp`."""
+    path = Path(store)
+    return path if path.is_absolute() else main_root(root) / path
+
+
+def tracking_uri(store: Path) -> str:
+    """MLFLOW_TRACKING_URI if set (a team server), else a SQLite file in the store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store / 'mlflow.db'}"
+
+
+def use_experiment(name: str, store: Path) -> str:
+    """Point MLflow at the store and return the experiment's id, creating it if needed.
+
+    The artifact location is set explicitly and absolute: MLflow's default is relative to the
+    working directory, which a DVC experiment throws away.
+    """
+    import mlflow
+
+    store.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri(store))
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        artifacts = (store / "artifacts").as_uri() if "MLFLOW_TRACKING_URI" not in os.environ else None
+        experiment_id = client.create_experiment(name, artifact_location=artifacts)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def file_md5(path: str | Path) -> str:
+    """The MD5 of a file's bytes: the hash DVC 3 records for it in dvc.lock."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def params_hash(params: Any) -> str:
+    canonical = json.dumps(params, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def lineage_tags(root: Path, raw_data: str | Path, params: Any) -> dict[str, str]:
+    return {
+        "lineage.git_commit": git_commit(root),
+        "lineage.data_md5": file_md5(root / raw_data),
+        "lineage.params_hash": params_hash(params),
+    }
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def pinned_requirements(packages: tuple[str, ...] = MODEL_REQUIREMENTS) -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in packages]
+
+
+def trusted_types(model: Any) -> list[str]:
+    """The types skops must be told to trust for this model; refuses foreign code."""
+    import skops.io
+
+    types = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    foreign = [t for t in types if not t.startswith(TRUSTED_MODULE_PREFIXES)]
+    if foreign:
+        raise ValueError(f"model holds types outside scikit-learn/numpy/scipy: {foreign}")
+    return types
+
+
+def log_model(model: Any, input_example: Any, name: str = "model") -> str:
+    """Log a scikit-learn pipeline with its signature and pinned requirements; return its URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    info = mlflow.sklearn.log_model(
+        model,
+        name=name,
+        serialization_format="skops",
+        skops_trusted_types=trusted_types(model),
+        signature=infer_signature(input_example, model.predict(input_example)),
+        input_example=input_example,
+        pip_requirements=pinned_requirements(),
+    )
+    return info.model_uri
+
+
+def log_notebook(path: str | Path | None) -> None:
+    """Attach an executed notebook to the active run (papermill saves it after every cell)."""
+    import mlflow
+
+    if path is not None and Path(path).is_file():
+        mlflow.log_artifact(str(path), artifact_path="notebooks")
