@@ -69,5 +69,11 @@ def write_text(text: str, path: str | Path) -> None:
     _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
+def write_joblib(obj: Any, path: str | Path) -> None:
+    import joblib
+
+    _atomic_write(Path(path), lambda tmp: joblib.dump(obj, tmp))
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())

@@ -192,5 +192,32 @@ def importance_frame(
     )
 
 
+def plot_frames(
+    model: Any,
+    X: pd.DataFrame,
+    y: pd.Series,
+    *,
+    task: str,
+    positive: Any,
+    importance: dict[str, int],
+    seed: int,
+    max_curve_points: int = 500,
+) -> dict[str, pd.DataFrame]:
+    """Every plot's data, keyed by kind. Kinds that do not apply to the task hold only a header,
+    so that dvc.yaml can declare the same files for every task."""
+    frames = empty_plot_frames()
+    frames["importance"] = importance_frame(
+        model, X, y, task=task, positive=positive, metric=primary_metric(task),
+        repeats=importance["importance_repeats"], max_rows=importance["importance_max_rows"], seed=seed,
+    )
+    if task == "classification":
+        curves = curve_frames(y, model.predict_proba(X), model.classes_, positive)
+        frames.update({kind: thin(frame, max_curve_points) for kind, frame in curves.items()})
+        frames["confusion"] = confusion_frame(y, model.predict(X))
+    else:
+        frames["residuals"] = residual_frame(y, model.predict(X))
+    return frames
+
+
 def primary_metric(task: str) -> str:
     return "roc_auc" if task == "classification" else "r2"

@@ -60,3 +60,18 @@ def residuals(frame: pd.DataFrame, title: str) -> Figure:
 def save(fig: Figure, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+
+
+def figures(frames: dict[str, pd.DataFrame], scores: dict[str, float], name: str) -> dict[str, Figure]:
+    """The PNG-worthy figures of one evaluated candidate, keyed by kind."""
+    result = {"importance": importance(frames["importance"], f"{name}: permutation importance")}
+    if len(frames["roc"]):
+        auc = scores.get("roc_auc", float("nan"))
+        result["roc"] = curve(frames["roc"], "fpr", "tpr", f"{name}: ROC, AUC {auc:.3f}", diagonal=True)
+        result["precision_recall"] = curve(
+            frames["precision_recall"], "recall", "precision", f"{name}: precision-recall"
+        )
+        result["confusion"] = confusion(frames["confusion"], f"{name}: confusion (holdout)")
+    if len(frames["residuals"]):
+        result["residuals"] = residuals(frames["residuals"], f"{name}: residuals (holdout)")
+    return result

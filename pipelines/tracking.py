@@ -14,9 +14,14 @@ from pipelines.config import main_root
 
 # Packages a logged model needs to load; pinned explicitly because inferring them costs ~5 s.
 MODEL_REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "skops")
-# Modules whose classes a saved model may contain. skops refuses anything else on load, so a
-# model in the registry cannot run arbitrary code the way a pickle can.
-TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+# Models are saved with skops, not pickle: loading one from the registry cannot run arbitrary
+# code. skops needs the few non-default types our candidates hold named explicitly; MLflow
+# reloads the model right after saving, so a missing name fails at logging time, not in serving.
+SKOPS_TRUSTED_TYPES = [
+    "numpy.dtype",
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
 
 
 def store_dir(root: Path, store: str) -> Path:
@@ -98,29 +103,21 @@ def pinned_requirements(packages: tuple[str, ...] = MODEL_REQUIREMENTS) -> list[
     return [f"{name}=={metadata.version(name)}" for name in packages]
 
 
-def trusted_types(model: Any) -> list[str]:
-    """The types skops must be told to trust for this model; refuses foreign code."""
-    import skops.io
-
-    types = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    foreign = [t for t in types if not t.startswith(TRUSTED_MODULE_PREFIXES)]
-    if foreign:
-        raise ValueError(f"model holds types outside scikit-learn/numpy/scipy: {foreign}")
-    return types
-
-
 def log_model(model: Any, input_example: Any, name: str = "model") -> str:
     """Log a scikit-learn pipeline with its signature and pinned requirements; return its URI."""
     import mlflow
     from mlflow.models import infer_signature
 
+    # Integer columns are declared as doubles: a missing value arrives as NaN, which an int
+    # column of the signature would refuse.
+    example = input_example.astype({c: "float64" for c in input_example.select_dtypes("integer")})
     info = mlflow.sklearn.log_model(
         model,
         name=name,
         serialization_format="skops",
-        skops_trusted_types=trusted_types(model),
-        signature=infer_signature(input_example, model.predict(input_example)),
-        input_example=input_example,
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        signature=infer_signature(example, model.predict(example)),
+        input_example=example,
         pip_requirements=pinned_requirements(),
     )
     return info.model_uri
