@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help env run repro test test-fast lab lint format lock clean
+.PHONY: help env run repro test test-fast lab ui lint format lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test-fast: $(ENV_STAMP) ## Run the unit tests only
 
 lab: $(ENV_STAMP) ## Open JupyterLab with the project's kernel on 127.0.0.1
 	jupyter lab --ip 127.0.0.1 --no-browser
+
+ui: $(ENV_STAMP) ## Open the MLflow UI on 127.0.0.1:5000, on the project's store
+	mlflow ui --backend-store-uri "$$(python -m pipelines.tracking)" --host 127.0.0.1 --port 5000 --workers 1
 
 lint: $(ENV_STAMP) ## Check style with ruff
 	ruff check pipelines tests bench

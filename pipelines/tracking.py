@@ -129,3 +129,16 @@ def log_notebook(path: str | Path | None) -> None:
 
     if path is not None and Path(path).is_file():
         mlflow.log_artifact(str(path), artifact_path="notebooks")
+
+
+def configured_uri(root: Path | None = None) -> str:
+    """The tracking URI the pipeline uses, from params.yaml (for `make ui` and scripts)."""
+    from pipelines.config import PARAMS_FILE, load_params, project_root
+
+    root = root or project_root()
+    params = load_params(root / PARAMS_FILE)
+    return tracking_uri(store_dir(root, params["tracking"]["store"]))
+
+
+if __name__ == "__main__":
+    print(configured_uri())
