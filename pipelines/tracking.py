@@ -43,6 +43,8 @@ def use_experiment(name: str, store: Path) -> str:
     """
     import mlflow
 
+    # Read before set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.
+    local = "MLFLOW_TRACKING_URI" not in os.environ
     store.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri(store))
     client = mlflow.MlflowClient()
@@ -50,7 +52,7 @@ def use_experiment(name: str, store: Path) -> str:
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
-        artifacts = (store / "artifacts").as_uri() if "MLFLOW_TRACKING_URI" not in os.environ else None
+        artifacts = (store / "artifacts").as_uri() if local else None  # a server has its own
         experiment_id = client.create_experiment(name, artifact_location=artifacts)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
