@@ -43,16 +43,16 @@ def use_experiment(name: str, store: Path) -> str:
     """
     import mlflow
 
-    # Read before set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.
-    local = "MLFLOW_TRACKING_URI" not in os.environ
+    uri = tracking_uri(store)
+    local = uri.startswith("sqlite:")  # a tracking server keeps artifacts its own way
     store.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(store))
+    mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
-        artifacts = (store / "artifacts").as_uri() if local else None  # a server has its own
+        artifacts = (store / "artifacts").as_uri() if local else None
         experiment_id = client.create_experiment(name, artifact_location=artifacts)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
