@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help env run repro test test-fast lab ui lint format lock clean
+.PHONY: help env run repro promote rollback test test-fast lab ui lint format lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -31,8 +31,15 @@ $(ENV_STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml
 
 env: $(ENV_STAMP) ## Create .venv from the committed lock (the other targets do this first)
 
-run: $(ENV_STAMP) ## Run the whole pipeline on the default data (dvc repro)
+run: $(ENV_STAMP) ## Run the pipeline on the default data (dvc repro), then the promotion gate
 	dvc repro
+	python -m pipelines.promote
+
+promote: $(ENV_STAMP) ## Gate the best candidate against the champion; promote it if it passes
+	python -m pipelines.promote
+
+rollback: $(ENV_STAMP) ## Move the champion alias back one step (REASON="...")
+	python -m pipelines.promote --rollback --reason "$${REASON:-manual rollback}"
 
 repro: run ## Same as run
 

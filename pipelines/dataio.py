@@ -69,6 +69,13 @@ def write_text(text: str, path: str | Path) -> None:
     _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
+def append_jsonl(obj: Any, path: str | Path) -> None:
+    """Append one JSON line; a single write of a short line, so records never interleave."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+
+
 def write_joblib(obj: Any, path: str | Path) -> None:
     import joblib
 
