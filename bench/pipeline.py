@@ -1,0 +1,1057 @@
+"""Benchmark the DVC + papermill pipeline on a throwaway copy of the project.
+
+Run from the project root (see bench/README.md):
+
+    .venv/bin/python bench/pipeline.py                       # no-op, full, overhead, scaling 1,10,100
+    .venv/bin/python bench/pipeline.py --parts scaling --sizes 1,10,100,1000 --timeout 1200
+
+Parts, all measured on a copy of the git-tracked files (git init + commit, so DVC works; the MLflow
+store and the DVC cache live inside the copy, nothing of the real project is touched):
+
+  full      `dvc repro -f` on the default data, wall time (median of --full-runs), per stage
+  noop      `dvc repro` with nothing to do (median of --noop-runs)
+  overhead  per stage: the stage's own command (`python -m pipelines.nbrun ...`, from dvc.lock)
+            against the notebook's code cells run as one plain Python script with the parameters
+            injected as papermill injects them
+  scaling   the default data repeated 1x, 10x, 100x, 1000x (unique ids, Parquet), full pipeline,
+            wall time and peak memory of the process tree, per stage and per notebook cell
+
+Results: a table on stdout and JSON (plus the executed notebooks of the scaling runs) in
+bench/results/, which git ignores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+RESULTS = REPO / "bench" / "results"
+TARGETS = {"noop_s": 1.5, "full_s": 90.0, "overhead_s": 1.5}
+DEFAULT_OVERHEAD_STAGES = "ingest,validate,split,train@logreg"
+# Scaling runs only (--scaling-params reduced): fewer trees / boosting rounds, so that 100x and
+# 1000x finish on a 2-core box. The pipeline's own params.yaml is never changed.
+REDUCED = {
+    "random_forest": {"n_estimators": 20},
+    "hist_gradient_boosting": {"max_iter": 50},
+}
+MB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Environment and project copies
+# --------------------------------------------------------------------------------------------
+
+
+def bench_env(project: Path) -> dict[str, str]:
+    """The environment every measured command gets: the project's venv first on PATH, imports of
+    `pipelines` resolved to the copy (the editable install points at the real project), no team
+    MLflow server, no telemetry."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(VENV_BIN.parent)
+    env["PYTHONPATH"] = str(project)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(
+        MLFLOW_ENABLE_TELEMETRY="false",
+        DO_NOT_TRACK="true",
+        BENTOML_DO_NOT_TRACK="true",
+    )
+    return env
+
+
+def git(*args: str, cwd: Path) -> str:
+    out = subprocess.run(
+        ["git", "-c", "core.hooksPath=/dev/null", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout
+
+
+def make_copy(dest: Path) -> Path:
+    """Copy the git-tracked files of the working tree (bench/ excepted), then git init + commit."""
+    files = [f for f in git("ls-files", "-z", cwd=REPO).split("\0") if f]
+    dest.mkdir(parents=True)
+    for name in files:
+        if name.startswith("bench/"):
+            continue
+        src = REPO / name
+        if not src.is_file():  # deleted in the working tree
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+    git("init", "-q", "-b", "main", cwd=dest)
+    git("add", "-A", cwd=dest)
+    git(
+        "-c",
+        "user.name=bench",
+        "-c",
+        "user.email=bench@localhost",
+        "commit",
+        "-q",
+        "-m",
+        "bench snapshot",
+        cwd=dest,
+    )
+    return dest
+
+
+def check_imports(project: Path) -> str:
+    """Where `pipelines` is imported from under bench_env: it must be the copy."""
+    out = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", "import pipelines; print(pipelines.__file__)"],
+        cwd=project,
+        env=bench_env(project),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(out).resolve().is_relative_to(project.resolve()):
+        raise SystemExit(
+            f"bench: pipelines imports from {out}, not from the copy {project}"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Running a command: wall time, peak memory of the process tree, per-stage processes
+# --------------------------------------------------------------------------------------------
+
+
+class TreeMonitor(threading.Thread):
+    """Polls the process tree under `pid`: the summed RSS (peak), and each stage process
+    (`python -m pipelines.nbrun ... OUT.ipynb`): when it lived and its own subtree's peak RSS
+    (nbrun + its Jupyter kernel)."""
+
+    def __init__(self, pid: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.done = threading.Event()
+        self.peak_tree_rss = 0
+        self.stages: dict[str, dict[str, float]] = {}
+        self._labels: dict[int, str | None] = {}
+
+    def _label(self, proc: psutil.Process) -> str | None:
+        if proc.pid not in self._labels:
+            try:
+                cmd = proc.cmdline()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                return None
+            label = None
+            if "pipelines.nbrun" in cmd:
+                i = cmd.index("pipelines.nbrun")
+                if len(cmd) > i + 2:
+                    label = stage_of_report(cmd[i + 2])
+            self._labels[proc.pid] = label
+        return self._labels[proc.pid]
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            now = time.time()
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            rss: dict[int, int] = {}
+            for proc in procs:
+                try:
+                    rss[proc.pid] = proc.memory_info().rss
+                except (
+                    psutil.NoSuchProcess,
+                    psutil.AccessDenied,
+                    psutil.ZombieProcess,
+                ):
+                    pass
+            self.peak_tree_rss = max(self.peak_tree_rss, sum(rss.values()))
+            for proc in procs:
+                label = self._label(proc)
+                if label is None or proc.pid not in rss:
+                    continue
+                try:
+                    sub = rss[proc.pid] + sum(
+                        rss.get(c.pid, 0) for c in proc.children(recursive=True)
+                    )
+                    started = proc.create_time()
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    continue
+                stage = self.stages.setdefault(
+                    label, {"start": started, "end": now, "peak_rss_mb": 0.0}
+                )
+                stage["end"] = now
+                stage["peak_rss_mb"] = max(stage["peak_rss_mb"], sub / MB)
+            self.done.wait(self.interval)
+
+
+def stage_of_report(report: str) -> str:
+    """reports/train-hgb.ipynb -> train@hgb; reports/split.ipynb -> split."""
+    stem = Path(report).stem
+    return stem.replace("train-", "train@", 1) if stem.startswith("train-") else stem
+
+
+def kill_tree(pid: int) -> None:
+    """Kill the process `pid` started, and its descendants (Jupyter kernels run in their own
+    session, so a process-group kill would miss them), each by its id."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def run(
+    cmd: list[str],
+    cwd: Path,
+    *,
+    env: dict[str, str],
+    log: Path,
+    timeout: float | None = None,
+    monitor: float | None = None,
+    time_v: bool = False,
+) -> dict[str, Any]:
+    """Run `cmd` and time it. With `monitor`, poll the process tree every `monitor` seconds; with
+    `time_v`, wrap it in /usr/bin/time -v for the kernel's view of the largest process' max RSS."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    time_file = log.with_suffix(".time")
+    full = ["/usr/bin/time", "-v", "-o", str(time_file), *cmd] if time_v else cmd
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            full,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        mon = TreeMonitor(proc.pid, monitor) if monitor else None
+        if mon:
+            mon.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_tree(proc.pid)
+            proc.wait()
+        wall = time.perf_counter() - start
+        if mon:
+            mon.done.set()
+            mon.join()
+    result: dict[str, Any] = {
+        "cmd": shlex.join(cmd),
+        "wall_s": round(wall, 3),
+        "returncode": proc.returncode,
+        "timed_out": timed_out,
+        "log": str(log),
+    }
+    if mon:
+        result["peak_tree_rss_mb"] = round(mon.peak_tree_rss / MB, 1)
+        result["stages_monitored"] = {
+            k: {
+                "wall_s": round(v["end"] - v["start"], 2),
+                "peak_rss_mb": round(v["peak_rss_mb"], 1),
+            }
+            for k, v in mon.stages.items()
+        }
+    if time_v and time_file.exists():
+        found = re.search(
+            r"Maximum resident set size \(kbytes\): (\d+)", time_file.read_text()
+        )
+        if found:
+            result["max_rss_largest_process_mb"] = round(int(found.group(1)) / 1024, 1)
+    if proc.returncode and not timed_out:
+        result["log_tail"] = log.read_text()[-2000:]
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Executed notebooks: papermill's per-notebook and per-cell durations
+# --------------------------------------------------------------------------------------------
+
+
+def notebook_timings(path: Path) -> dict[str, Any]:
+    nb = json.loads(path.read_text())
+    meta = nb.get("metadata", {}).get("papermill", {})
+    cells = []
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        pm = cell.get("metadata", {}).get("papermill", {})
+        source = "".join(cell["source"]).strip()
+        tags = cell.get("metadata", {}).get("tags", [])
+        first = next((ln for ln in source.splitlines() if not ln.startswith("#")), "")
+        cells.append(
+            {
+                "index": index,
+                "label": "[injected parameters]"
+                if "injected-parameters" in tags
+                else first[:70],
+                "duration_s": pm.get("duration"),
+                "status": pm.get("status"),
+            }
+        )
+    return {"duration_s": meta.get("duration"), "cells": cells}
+
+
+def report_timings(project: Path) -> dict[str, Any]:
+    """Per stage: papermill's duration of the executed notebook in reports/, and its cells."""
+    out = {}
+    for path in sorted((project / "reports").glob("*.ipynb")):
+        try:
+            out[stage_of_report(str(path))] = notebook_timings(path)
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Parts
+# --------------------------------------------------------------------------------------------
+
+
+def dvc(*args: str) -> list[str]:
+    return [str(VENV_BIN / "dvc"), *args]
+
+
+def part_full(project: Path, logs: Path, runs: int, timeout: float) -> dict[str, Any]:
+    env = bench_env(project)
+    results = []
+    for i in range(runs):
+        res = run(
+            dvc("repro", "-f"),
+            project,
+            env=env,
+            log=logs / f"full-{i}.log",
+            timeout=timeout,
+            monitor=0.2,
+            time_v=True,
+        )
+        res["notebooks"] = report_timings(project)
+        results.append(res)
+        print(
+            f"  full run {i + 1}/{runs}: {res['wall_s']:.1f} s (rc {res['returncode']})",
+            flush=True,
+        )
+        if res["returncode"]:
+            break
+    ok = [r for r in results if r["returncode"] == 0]
+    summary: dict[str, Any] = {"runs": results}
+    if ok:
+        summary["median_s"] = statistics.median(r["wall_s"] for r in ok)
+        stages = sorted({s for r in ok for s in r["notebooks"]}, key=stage_order)
+        summary["stages"] = {
+            s: {
+                "papermill_s": median_of(
+                    r["notebooks"].get(s, {}).get("duration_s") for r in ok
+                ),
+                "process_s": median_of(
+                    r["stages_monitored"].get(s, {}).get("wall_s") for r in ok
+                ),
+                "peak_rss_mb": max(
+                    r["stages_monitored"].get(s, {}).get("peak_rss_mb", 0) for r in ok
+                ),
+            }
+            for s in stages
+        }
+        summary["peak_tree_rss_mb"] = max(r["peak_tree_rss_mb"] for r in ok)
+    return summary
+
+
+def part_noop(project: Path, logs: Path, runs: int) -> dict[str, Any]:
+    env = bench_env(project)
+    results = []
+    for i in range(runs):
+        res = run(
+            dvc("repro"), project, env=env, log=logs / f"noop-{i}.log", timeout=300
+        )
+        text = Path(res["log"]).read_text()
+        res["ran_a_stage"] = "Running stage" in text
+        results.append(res)
+    ok = [r["wall_s"] for r in results if r["returncode"] == 0 and not r["ran_a_stage"]]
+    return {
+        "runs": results,
+        "median_s": statistics.median(ok) if ok else None,
+        "all_up_to_date": len(ok) == len(results),
+    }
+
+
+def lock_commands(project: Path) -> dict[str, str]:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {
+        name: " ".join(stage["cmd"].split()) for name, stage in lock["stages"].items()
+    }
+
+
+def nbrun_parameters(
+    argv: list[str], project: Path
+) -> tuple[Path, Path, dict[str, Any]]:
+    """Input, output and the parameters papermill injects for an nbrun command line."""
+    args = [a for a in argv if a != "--html"]
+    i = args.index("pipelines.nbrun")
+    notebook, output = project / args[i + 1], Path(args[i + 2])
+    params: dict[str, Any] = {}
+    rest = args[i + 3 :]
+    for j, arg in enumerate(rest):
+        if arg in ("-f", "--parameters_file"):
+            params.update(yaml.safe_load((project / rest[j + 1]).read_text()))
+        elif arg in ("-p", "--parameters"):
+            params[rest[j + 1]] = yaml.safe_load(
+                rest[j + 2]
+            )  # papermill reads -p values so
+    params["output_notebook"] = str(output)  # nbrun adds this one
+    return notebook, output, params
+
+
+def notebook_as_script(notebook: Path, params: dict[str, Any]) -> str:
+    """The notebook's code cells, in order, with papermill's injected cell after `parameters`."""
+    nb = json.loads(notebook.read_text())
+    chunks = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        chunks.append("".join(cell["source"]))
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            chunks.append(
+                "# injected parameters\n"
+                + "\n".join(f"{name} = {value!r}" for name, value in params.items())
+            )
+    body = "\n\n".join(chunks)
+    # The body's own time, to tell it from interpreter start-up and teardown (MLflow, sklearn and
+    # pandas take about a second to finalise at exit; the stage's kernel pays that too).
+    return (
+        "import time as _bench_time\n_bench_t0 = _bench_time.perf_counter()\n\n"
+        + body
+        + "\n\nprint(f'BENCH_BODY_S={_bench_time.perf_counter() - _bench_t0:.3f}')\n"
+    )
+
+
+HTML_TIMER = """
+import json, sys, time
+t0 = time.perf_counter()
+from pipelines.nbrun import render_html
+t1 = time.perf_counter()
+render_html(__import__("pathlib").Path(sys.argv[1]))
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "render_s": t2 - t1}))
+"""
+
+
+def part_overhead(
+    project: Path, logs: Path, stages: list[str], runs: int, scripts: Path
+) -> dict[str, Any]:
+    """Each stage's command against the same code as a plain script, alternately, `runs` times."""
+    env = bench_env(project)
+    commands = lock_commands(project)
+    python = str(VENV_BIN / "python")
+    out: dict[str, Any] = {}
+    for stage in stages:
+        if stage not in commands:
+            print(f"  overhead: no stage {stage} in dvc.lock, skipped", flush=True)
+            continue
+        argv = shlex.split(commands[stage])
+        notebook, output, params = nbrun_parameters(argv, project)
+        script = scripts / f"{stage.replace('@', '-')}.py"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(notebook_as_script(notebook, params))
+        nb_walls, py_walls, py_bodies, pm_durations, cell_sums = [], [], [], [], []
+        for i in range(runs):
+            r_nb = run(
+                argv,
+                project,
+                env=env,
+                log=logs / f"overhead-{stage}-nb-{i}.log",
+                timeout=1800,
+            )
+            r_py = run(
+                [python, str(script)],
+                project,
+                env=env,
+                log=logs / f"overhead-{stage}-py-{i}.log",
+                timeout=1800,
+            )
+            for res in (r_nb, r_py):
+                if res["returncode"]:
+                    raise SystemExit(
+                        f"bench: overhead run failed: {res['cmd']}\n{res.get('log_tail')}"
+                    )
+            nb_walls.append(r_nb["wall_s"])
+            py_walls.append(r_py["wall_s"])
+            found = re.search(r"BENCH_BODY_S=([0-9.]+)", Path(r_py["log"]).read_text())
+            py_bodies.append(float(found.group(1)) if found else None)
+            timings = notebook_timings(project / output)
+            pm_durations.append(timings["duration_s"])
+            cell_sums.append(sum(c["duration_s"] or 0 for c in timings["cells"]))
+        entry: dict[str, Any] = {
+            "nbrun_s": statistics.median(nb_walls),
+            "script_s": statistics.median(py_walls),
+            "script_body_s": median_of(py_bodies),
+            "papermill_duration_s": statistics.median(pm_durations),
+            "cell_sum_s": statistics.median(cell_sums),
+            "nbrun_runs_s": nb_walls,
+            "script_runs_s": py_walls,
+            "html": "--html" in argv,
+        }
+        entry["overhead_s"] = round(entry["nbrun_s"] - entry["script_s"], 3)
+        if entry["html"]:
+            timer = subprocess.run(
+                [python, "-c", HTML_TIMER, str(output)],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            entry["html_render"] = json.loads(timer.stdout.strip().splitlines()[-1])
+        out[stage] = entry
+        print(
+            f"  overhead {stage}: nbrun {entry['nbrun_s']:.2f} s, script {entry['script_s']:.2f} s,"
+            f" +{entry['overhead_s']:.2f} s",
+            flush=True,
+        )
+    return out
+
+
+def upsampled(source: Path, factor: int, dest: Path) -> dict[str, Any]:
+    """The source table repeated `factor` times, with unique ids, as Parquet (made once)."""
+    import pandas as pd
+
+    info_file = dest.with_suffix(".json")
+    if dest.exists() and info_file.exists():
+        return json.loads(info_file.read_text())
+    start = time.perf_counter()
+    frame = pd.read_csv(source) if source.suffix == ".csv" else pd.read_parquet(source)
+    n = len(frame)
+    big = (
+        frame.iloc[list(range(n)) * factor].reset_index(drop=True)
+        if factor > 1
+        else frame
+    )
+    if "customer_id" in big.columns:
+        width = len(str(n * factor))
+        big["customer_id"] = "C" + pd.Series(range(1, len(big) + 1)).astype(
+            str
+        ).str.zfill(width)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    big.to_parquet(dest, index=False)
+    info = {
+        "rows": len(big),
+        "factor": factor,
+        "bytes": dest.stat().st_size,
+        "make_s": round(time.perf_counter() - start, 1),
+    }
+    info_file.write_text(json.dumps(info))
+    return info
+
+
+def scaling_params(
+    params_text: str, source: str, reduced: bool
+) -> tuple[str, dict[str, Any]]:
+    params = yaml.safe_load(params_text)
+    params["data"]["source"] = source
+    changes: dict[str, Any] = {}
+    if reduced:
+        for name, spec in params["train"]["candidates"].items():
+            for key, value in REDUCED.get(spec.get("model"), {}).items():
+                old = (spec.get("params") or {}).get(key)
+                if old is None or old > value:
+                    spec.setdefault("params", {})[key] = value
+                    changes[f"train.candidates.{name}.params.{key}"] = (
+                        f"{old} -> {value}"
+                    )
+    return yaml.safe_dump(params, sort_keys=False), changes
+
+
+def part_scaling(
+    result: dict[str, Any],
+    work: Path,
+    logs: Path,
+    out_dir: Path,
+    sizes: list[int],
+    timeout: float,
+    reduced: bool,
+    keep: bool,
+    save: Any,
+) -> None:
+    """Fills `result` size by size, calling `save` after each, so a long run keeps what it has."""
+    default_params = yaml.safe_load((REPO / "params.yaml").read_text())
+    source = REPO / default_params["data"]["source"]
+    result.update({"reduced_params": reduced, "sizes": {}})
+    for factor in sizes:
+        data = work / "data" / f"{source.stem}_x{factor}.parquet"
+        info = upsampled(source, factor, data)
+        project = make_copy(work / f"scale-x{factor}")
+        local = Path("data/source") / data.name
+        os.link(data, project / local)
+        text, changes = scaling_params(
+            (project / "params.yaml").read_text(), str(local), reduced
+        )
+        (project / "params.yaml").write_text(text)
+        result["param_changes"] = changes
+        print(
+            f"  scaling x{factor}: {info['rows']:,} rows ({info['bytes'] / MB:.0f} MB parquet),"
+            f" timeout {timeout:.0f} s ...",
+            flush=True,
+        )
+        res = run(
+            dvc("repro", "-f"),
+            project,
+            env=bench_env(project),
+            log=logs / f"scale-x{factor}.log",
+            timeout=timeout,
+            monitor=0.5,
+            time_v=True,
+        )
+        res["rows"] = info["rows"]
+        res["data"] = info
+        res["notebooks"] = report_timings(project)
+        finished = res["returncode"] == 0 and not res["timed_out"]
+        res["finished"] = finished
+        state = "done" if finished else ("TIMED OUT" if res["timed_out"] else "FAILED")
+        print(
+            f"  scaling x{factor}: {state} in {res['wall_s']:.0f} s,"
+            f" peak tree RSS {res.get('peak_tree_rss_mb', 0):.0f} MB",
+            flush=True,
+        )
+        keep_dir = out_dir / f"x{factor}"
+        keep_dir.mkdir(parents=True, exist_ok=True)
+        for nb in (project / "reports").glob("*.ipynb"):
+            shutil.copy2(nb, keep_dir / nb.name)
+        result["sizes"][str(factor)] = res
+        if not keep:
+            shutil.rmtree(project, ignore_errors=True)
+        save()
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis and printing
+# --------------------------------------------------------------------------------------------
+
+STAGE_ORDER = ["ingest", "validate", "explore", "split"]
+
+
+def stage_order(name: str) -> tuple[int, str]:
+    return (STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER), name)
+
+
+def median_of(values: Any) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def exponent(t1: float | None, t2: float | None, n1: int, n2: int) -> float | None:
+    """k in t ~ n^k between two sizes: 1 is linear, above 1 superlinear."""
+    if not t1 or not t2 or t1 <= 0 or t2 <= 0 or n1 == n2:
+        return None
+    return math.log(t2 / t1) / math.log(n2 / n1)
+
+
+def verdict(value: float | None, target: float) -> str:
+    if value is None:
+        return "n/a"
+    return "PASS" if value <= target else "FAIL"
+
+
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def analyse_scaling(scaling: dict[str, Any]) -> dict[str, Any]:
+    """Per size, stage and cell: time, time per row against 1x, and the growth exponent against
+    the previous size. Flags cells whose exponent exceeds 1.15 where they take at least 1 s."""
+    sizes = sorted(scaling["sizes"].items(), key=lambda kv: int(kv[0]))
+    finished = [(f, r) for f, r in sizes if r.get("finished")]
+    analysis: dict[str, Any] = {
+        "totals": [],
+        "stages": {},
+        "cells": [],
+        "superlinear": [],
+    }
+    base = finished[0][1] if finished else None
+    prev = None
+    for factor, res in sizes:
+        row = {
+            "factor": int(factor),
+            "rows": res["rows"],
+            "finished": res.get("finished"),
+            "wall_s": res["wall_s"],
+            "peak_tree_rss_mb": res.get("peak_tree_rss_mb"),
+            "max_rss_largest_process_mb": res.get("max_rss_largest_process_mb"),
+        }
+        if base and res.get("finished"):
+            row["time_per_row_vs_base"] = (res["wall_s"] / res["rows"]) / (
+                base["wall_s"] / base["rows"]
+            )
+            if prev is not None:
+                row["time_exponent"] = exponent(
+                    prev["wall_s"], res["wall_s"], prev["rows"], res["rows"]
+                )
+                row["rss_exponent"] = exponent(
+                    prev.get("peak_tree_rss_mb"),
+                    res.get("peak_tree_rss_mb"),
+                    prev["rows"],
+                    res["rows"],
+                )
+            prev = res
+        analysis["totals"].append(row)
+    # stages and cells: every size that produced a notebook (a timed-out stage has none or a partial one)
+    stage_names = sorted({s for _, r in sizes for s in r["notebooks"]}, key=stage_order)
+    for stage in stage_names:
+        analysis["stages"][stage] = {
+            f: {
+                "papermill_s": r["notebooks"].get(stage, {}).get("duration_s"),
+                "process_s": r.get("stages_monitored", {}).get(stage, {}).get("wall_s"),
+                "peak_rss_mb": r.get("stages_monitored", {})
+                .get(stage, {})
+                .get("peak_rss_mb"),
+            }
+            for f, r in sizes
+        }
+        cells: dict[int, dict[str, Any]] = {}
+        for f, r in sizes:
+            for cell in r["notebooks"].get(stage, {}).get("cells", []):
+                entry = cells.setdefault(
+                    cell["index"],
+                    {
+                        "stage": stage,
+                        "cell": cell["index"],
+                        "label": cell["label"],
+                        "s": {},
+                    },
+                )
+                if cell["status"] == "completed" and cell["duration_s"] is not None:
+                    entry["s"][f] = cell["duration_s"]
+        for entry in cells.values():
+            done = sorted(entry["s"].items(), key=lambda kv: int(kv[0]))
+            entry["exponents"] = {}
+            for (f1, t1), (f2, t2) in itertools.pairwise(done):
+                n1, n2 = scaling["sizes"][f1]["rows"], scaling["sizes"][f2]["rows"]
+                k = exponent(t1, t2, n1, n2)
+                entry["exponents"][f"{f1}->{f2}"] = k
+                if k is not None and k > 1.15 and t2 >= 1.0:
+                    analysis["superlinear"].append(
+                        {
+                            **{k2: entry[k2] for k2 in ("stage", "cell", "label")},
+                            "between": f"x{f1}->x{f2}",
+                            "seconds": [t1, t2],
+                            "exponent": round(k, 2),
+                        }
+                    )
+            analysis["cells"].append(entry)
+    return analysis
+
+
+def print_report(res: dict[str, Any]) -> None:
+    line = "-" * 100
+    m = res["machine"]
+    print(
+        f"\n{line}\nPipeline benchmark  {res['started']}  ({m['cpus']} CPUs, {m['memory_gb']} GB,"
+        f" {m['cpu_model']}; load before {m['load_before']})"
+    )
+    print(
+        f"project {res['project']['head'][:10]}{' (dirty tree)' if res['project']['dirty'] else ''}"
+    )
+    print(line)
+    checks = []
+    if "full" in res:
+        full = res["full"]
+        walls = ", ".join(f"{r['wall_s']:.1f}" for r in full["runs"])
+        print(
+            f"FULL `dvc repro -f`, default data, {len(full['runs'])} run(s): {walls} s"
+        )
+        if "stages" in full:
+            print(
+                f"  {'stage':<14}{'papermill s':>12}{'process s':>11}{'peak RSS MB':>13}"
+            )
+            for s, v in full["stages"].items():
+                print(
+                    f"  {s:<14}{fmt(v['papermill_s']):>12}{fmt(v['process_s']):>11}"
+                    f"{fmt(v['peak_rss_mb'], '.0f'):>13}"
+                )
+            pm_sum = sum(v["papermill_s"] or 0 for v in full["stages"].values())
+            pr_sum = sum(v["process_s"] or 0 for v in full["stages"].values())
+            print(
+                f"  {'sum':<14}{pm_sum:>12.2f}{pr_sum:>11.2f}   (wall - process sum = DVC's own"
+                f" time: {full['median_s'] - pr_sum:.1f} s)"
+            )
+        checks.append(
+            ("full dvc repro -f (median)", full.get("median_s"), TARGETS["full_s"])
+        )
+    if "noop" in res:
+        noop = res["noop"]
+        walls = ", ".join(f"{r['wall_s']:.2f}" for r in noop["runs"])
+        print(f"NO-OP `dvc repro`: {walls} s; all up to date: {noop['all_up_to_date']}")
+        checks.append(
+            ("no-op dvc repro (median)", noop.get("median_s"), TARGETS["noop_s"])
+        )
+    if "overhead" in res:
+        print(
+            "PAPERMILL OVERHEAD: stage command (nbrun) vs the same code cells as a plain script"
+        )
+        print(
+            f"  {'stage':<14}{'nbrun s':>9}{'script s':>10}{'(body s)':>10}{'overhead s':>12}"
+            f"{'ratio':>7}{'papermill dur':>15}{'cell sum':>10}  html render*"
+        )
+        for s, v in res["overhead"].items():
+            html = v.get("html_render")
+            html_s = f"{html['import_s'] + html['render_s']:.2f} s" if html else "-"
+            print(
+                f"  {s:<14}{v['nbrun_s']:>9.2f}{v['script_s']:>10.2f}"
+                f"{fmt(v.get('script_body_s')):>10}{v['overhead_s']:>12.2f}"
+                f"{v['nbrun_s'] / v['script_s']:>7.2f}{v['papermill_duration_s']:>15.2f}"
+                f"{v['cell_sum_s']:>10.2f}  {html_s}"
+            )
+            checks.append(
+                (f"papermill overhead {s}", v["overhead_s"], TARGETS["overhead_s"])
+            )
+        print(
+            "  medians of alternating runs; overhead = nbrun - script (whole processes); body = the"
+            " script's code without interpreter start/exit;\n  papermill dur = papermill's own"
+            " duration (kernel start + cells); *html render timed alone, in a fresh process"
+        )
+    if "scaling" in res:
+        sc = res["scaling"]
+        an = sc.get("analysis", {})
+        if sc["reduced_params"]:
+            how = "REDUCED for these runs only: " + json.dumps(sc.get("param_changes"))
+        else:
+            how = "as in params.yaml"
+        print(f"SCALING (data repeated, unique ids, Parquet; candidate params {how})")
+        print(
+            f"  {'size':>6}{'rows':>11}{'wall s':>9}{'s/row vs 1st':>14}{'exp k':>7}"
+            f"{'tree RSS MB':>13}{'exp k':>7}{'largest proc MB':>17}  status"
+        )
+        for row in an.get("totals", []):
+            status = "ok" if row["finished"] else "DID NOT FINISH"
+            print(
+                f"  {'x' + str(row['factor']):>6}{row['rows']:>11,}{row['wall_s']:>9.1f}"
+                f"{fmt(row.get('time_per_row_vs_base'), '.3f'):>14}{fmt(row.get('time_exponent')):>7}"
+                f"{fmt(row.get('peak_tree_rss_mb'), '.0f'):>13}{fmt(row.get('rss_exponent')):>7}"
+                f"{fmt(row.get('max_rss_largest_process_mb'), '.0f'):>17}  {status}"
+            )
+        factors = [str(r["factor"]) for r in an.get("totals", [])]
+        print(
+            "  per stage, papermill seconds (process seconds incl. python start + HTML):"
+        )
+        print("  " + f"{'stage':<14}" + "".join(f"{'x' + f:>18}" for f in factors))
+        for stage, by in an.get("stages", {}).items():
+            cells = [
+                f"{fmt(by[f]['papermill_s'], '.1f')} ({fmt(by[f]['process_s'], '.1f')})"
+                for f in factors
+            ]
+            print("  " + f"{stage:<14}" + "".join(f"{c:>18}" for c in cells))
+        print(
+            "  exponent k (t ~ rows^k) between consecutive sizes, cells taking >= 1 s at the larger:"
+        )
+        for entry in an.get("cells", []):
+            big = [k for k, v in entry["exponents"].items() if v is not None]
+            if not big or max(entry["s"].values()) < 1.0:
+                continue
+            ks = ", ".join(
+                f"x{k.replace('->', '->x')}: {v:.2f}"
+                for k, v in entry["exponents"].items()
+                if v is not None
+            )
+            secs = ", ".join(f"{v:.1f}" for v in entry["s"].values())
+            print(
+                f"    {entry['stage']:<13} cell {entry['cell']:>2} {entry['label'][:45]:<45} s=[{secs}]  {ks}"
+            )
+        if an.get("superlinear"):
+            print("  SUPERLINEAR (k > 1.15, >= 1 s):")
+            for s in an["superlinear"]:
+                print(
+                    f"    {s['stage']} cell {s['cell']} `{s['label']}` {s['between']}: k={s['exponent']}"
+                    f" ({s['seconds'][0]:.1f} s -> {s['seconds'][1]:.1f} s)"
+                )
+    if checks:
+        print(line)
+        print("TARGETS")
+        for name, value, target in checks:
+            print(
+                f"  {name:<40}{fmt(value):>9} s  target <= {target:>5} s  {verdict(value, target)}"
+            )
+    print(line)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        model = next(
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--parts",
+        default="full,noop,overhead,scaling",
+        help="comma-separated: full, noop, overhead, scaling",
+    )
+    ap.add_argument("--full-runs", type=int, default=3)
+    ap.add_argument(
+        "--full-timeout", type=float, default=900, help="seconds per full run"
+    )
+    ap.add_argument("--noop-runs", type=int, default=5)
+    ap.add_argument("--overhead-runs", type=int, default=3)
+    ap.add_argument("--overhead-stages", default=DEFAULT_OVERHEAD_STAGES)
+    ap.add_argument(
+        "--sizes", default="1,10,100", help="scaling factors, e.g. 1,10,100,1000"
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=1200, help="seconds per scaling size"
+    )
+    ap.add_argument(
+        "--scaling-params",
+        choices=("reduced", "default"),
+        default="reduced",
+        help="candidate hyperparameters for the scaling runs",
+    )
+    ap.add_argument(
+        "--workdir", type=Path, help="where the copies go (default: a temp dir)"
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the project copies")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
+    args = ap.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - {"full", "noop", "overhead", "scaling"}
+    if unknown:
+        ap.error(f"unknown parts: {', '.join(sorted(unknown))}")
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"pipeline-{stamp}{'-' + args.tag if args.tag else ''}"
+    out_dir = RESULTS / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    work.mkdir(parents=True, exist_ok=True)
+    logs = out_dir / "logs"
+    res: dict[str, Any] = {
+        "started": stamp,
+        "machine": machine(),
+        "project": {
+            "head": git("rev-parse", "HEAD", cwd=REPO).strip(),
+            "dirty": bool(
+                git("status", "--porcelain", "--untracked-files=no", cwd=REPO).strip()
+            ),
+        },
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "targets": TARGETS,
+        "workdir": str(work),
+    }
+    json_path = RESULTS / f"{name}.json"
+
+    def save() -> None:
+        json_path.write_text(json.dumps(res, indent=1, default=str))
+
+    print(f"bench: results -> {json_path}; copies in {work}", flush=True)
+    try:
+        if parts & {"full", "noop", "overhead"}:
+            project = make_copy(work / "default")
+            res["imports_from"] = check_imports(project)
+            if "full" in parts:
+                print("full dvc repro -f ...", flush=True)
+                res["full"] = part_full(
+                    project, logs, args.full_runs, args.full_timeout
+                )
+            else:  # no-op and overhead need a completed pipeline
+                setup = run(
+                    dvc("repro"),
+                    project,
+                    env=bench_env(project),
+                    log=logs / "setup.log",
+                    timeout=args.full_timeout,
+                )
+                res["setup"] = setup
+                if setup["returncode"]:
+                    raise SystemExit(
+                        f"bench: setup dvc repro failed:\n{setup.get('log_tail')}"
+                    )
+            save()
+            if "noop" in parts:
+                print("no-op dvc repro ...", flush=True)
+                res["noop"] = part_noop(project, logs, args.noop_runs)
+                save()
+            if "overhead" in parts:
+                print("papermill overhead ...", flush=True)
+                stages = [
+                    s.strip() for s in args.overhead_stages.split(",") if s.strip()
+                ]
+                res["overhead"] = part_overhead(
+                    project, logs, stages, args.overhead_runs, work / "scripts"
+                )
+                save()
+            if not args.keep:
+                shutil.rmtree(project, ignore_errors=True)
+        if "scaling" in parts:
+            print("scaling ...", flush=True)
+            sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+            res["scaling"] = {}
+            part_scaling(
+                res["scaling"],
+                work,
+                logs,
+                out_dir,
+                sizes,
+                args.timeout,
+                args.scaling_params == "reduced",
+                args.keep,
+                save,
+            )
+            res["scaling"]["analysis"] = analyse_scaling(res["scaling"])
+    finally:
+        res["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        save()
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print_report(res)
+    print(f"JSON: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
