@@ -310,7 +310,11 @@ def notebook_timings(path: Path) -> dict[str, Any]:
         pm = cell.get("metadata", {}).get("papermill", {})
         source = "".join(cell["source"]).strip()
         tags = cell.get("metadata", {}).get("tags", [])
-        first = next((ln for ln in source.splitlines() if not ln.startswith("#")), "")
+        lines = [
+            ln for ln in source.splitlines() if ln.strip() and not ln.startswith("#")
+        ]
+        plain = [ln for ln in lines if not ln.startswith(("import ", "from "))]
+        first = (plain or lines or [""])[0]
         cells.append(
             {
                 "index": index,
@@ -619,7 +623,7 @@ def part_scaling(
         (project / "params.yaml").write_text(text)
         result["param_changes"] = changes
         print(
-            f"  scaling x{factor}: {info['rows']:,} rows ({info['bytes'] / MB:.0f} MB parquet),"
+            f"  scaling x{factor}: {info['rows']:,} rows ({info['bytes'] / MB:.1f} MB parquet),"
             f" timeout {timeout:.0f} s ...",
             flush=True,
         )
