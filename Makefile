@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help env run repro promote rollback test test-fast lab ui lint format lock clean
+.PHONY: help env run repro promote package serve container rollback test test-fast lab ui lint format lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -31,12 +31,22 @@ $(ENV_STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml
 
 env: $(ENV_STAMP) ## Create .venv from the committed lock (the other targets do this first)
 
-run: $(ENV_STAMP) ## Run the pipeline on the default data (dvc repro), then the promotion gate
+run: $(ENV_STAMP) ## Run the pipeline on the default data, gate and promote, package the champion
 	dvc repro
 	python -m pipelines.promote
+	python -m pipelines.package
 
 promote: $(ENV_STAMP) ## Gate the best candidate against the champion; promote it if it passes
 	python -m pipelines.promote
+
+package: $(ENV_STAMP) ## Import the champion into BentoML and build the bento
+	python -m pipelines.package
+
+serve: $(ENV_STAMP) ## Serve the champion with `bentoml serve` on 127.0.0.1:3000
+	BENTOML_HOME="$$(python -m pipelines.package --home)" bentoml serve service:Predictor --host 127.0.0.1 --port 3000
+
+container: $(ENV_STAMP) ## Build the bento's OCI image (needs a Docker or podman engine)
+	BENTOML_HOME="$$(python -m pipelines.package --home)" bentoml containerize "$$(python -c 'import json; print(json.load(open("reports/bento.json"))["bento"])')"
 
 rollback: $(ENV_STAMP) ## Move the champion alias back one step (REASON="...")
 	python -m pipelines.promote --rollback --reason "$${REASON:-manual rollback}"
