@@ -75,3 +75,25 @@ def figures(frames: dict[str, pd.DataFrame], scores: dict[str, float], name: str
     if len(frames["residuals"]):
         result["residuals"] = residuals(frames["residuals"], f"{name}: residuals (holdout)")
     return result
+
+
+def overlay(frames: dict[str, pd.DataFrame], x: str, y: str, title: str, *, diagonal: bool = False) -> Figure:
+    """Several candidates' curves on one set of axes."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, frame in frames.items():
+        ax.plot(frame[x], frame[y], lw=2, label=name)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.set(xlabel=x, ylabel=y, title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def spread(folds: pd.DataFrame, metric: str) -> Figure:
+    """Cross-validation spread: each candidate's fold scores as a box."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.boxplot([folds[c] for c in folds.columns], tick_labels=list(folds.columns))
+    ax.set(ylabel=metric, title=f"cross-validated {metric}, per fold")
+    fig.tight_layout()
+    return fig
