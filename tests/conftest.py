@@ -7,15 +7,18 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-# Unit tests first, then the notebook runs, then the DVC runs: `pytest -x` fails fast.
-_ORDER = {"unit": 0, "repo": 1, "integration": 2}
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        parts = Path(str(item.path)).parts
-        return next((_ORDER[p] for p in reversed(parts) if p in _ORDER), 1)
+    """Fast tests first, then the notebook runs (tests/repo), then everything marked integration,
+    so that `pytest -x` fails fast. The sort is stable: file order holds within each group."""
 
-    items.sort(key=rank)  # stable: the file order holds within each group
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("integration"):
+            return 2
+        path = Path(str(item.path))
+        return 1 if path.is_relative_to(TESTS / "repo") else 0
+
+    items.sort(key=rank)

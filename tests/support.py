@@ -58,19 +58,23 @@ def run(
     return result
 
 
-def git_tracked_files(root: Path = PROJECT) -> list[str]:
-    out = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout
-    return [name for name in out.split("\0") if name]
+def git_tracked_files(root: Path = PROJECT, *, untracked: bool = False) -> list[str]:
+    """Files git tracks; with untracked=True also the new ones it does not ignore."""
+    args = ["git", "ls-files", "-z", "--cached"] + (["--others", "--exclude-standard"] if untracked else [])
+    out = subprocess.run(args, cwd=root, capture_output=True, text=True, check=True).stdout
+    return sorted({name for name in out.split("\0") if name})
 
 
 def copy_project(dst: Path) -> Path:
-    """The git-tracked files of the project (as in the working tree) in a fresh git repository."""
+    """The project as `git add -A && git commit` would record it, in a fresh git repository.
+
+    That is the git-tracked files as they are in the working tree, plus new files git does not
+    ignore (a new notebook and its dvc.yaml stage travel together), minus deleted ones.
+    """
     dst.mkdir(parents=True, exist_ok=True)
-    for name in git_tracked_files():
+    for name in git_tracked_files(untracked=True):
         source = PROJECT / name
-        if not source.exists():  # deleted in the working tree but not yet in the index
+        if not source.is_file():  # deleted in the working tree
             continue
         target = dst / name
         target.parent.mkdir(parents=True, exist_ok=True)
