@@ -19,7 +19,9 @@ def holdout_table(metrics_dir: str | Path, names: list[str]) -> pd.DataFrame:
 
 def cv_folds(metrics_dir: str | Path, names: list[str], metric: str) -> pd.DataFrame:
     """One column per candidate, one row per fold, of `metric`."""
-    return pd.DataFrame({n: read_json(Path(metrics_dir) / "cv" / f"{n}.json")[metric]["folds"] for n in names})
+    return pd.DataFrame(
+        {n: read_json(Path(metrics_dir) / "cv" / f"{n}.json")[metric]["folds"] for n in names}
+    )
 
 
 def curves(plots_dir: str | Path, names: list[str], kind: str) -> dict[str, pd.DataFrame]:

@@ -179,9 +179,7 @@ def summary(schema: pa.DataFrameSchema) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def report(
-    result: ValidationResult, frame: pd.DataFrame, contract_path: str, inferred: bool
-) -> dict:
+def report(result: ValidationResult, frame: pd.DataFrame, contract_path: str, inferred: bool) -> dict:
     return {
         "passed": True,
         "rows": result.rows,

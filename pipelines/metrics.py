@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -207,8 +208,15 @@ def plot_frames(
     so that dvc.yaml can declare the same files for every task."""
     frames = empty_plot_frames()
     frames["importance"] = importance_frame(
-        model, X, y, task=task, positive=positive, metric=primary_metric(task),
-        repeats=importance["importance_repeats"], max_rows=importance["importance_max_rows"], seed=seed,
+        model,
+        X,
+        y,
+        task=task,
+        positive=positive,
+        metric=primary_metric(task),
+        repeats=importance["importance_repeats"],
+        max_rows=importance["importance_max_rows"],
+        seed=seed,
     )
     if task == "classification":
         curves = curve_frames(y, model.predict_proba(X), model.classes_, positive)

@@ -1,7 +1,7 @@
 """`make package`: the registry's champion, imported into BentoML and built into a bento.
 
-    python -m pipelines.package          # import the champion, build the bento, record its tag
-    python -m pipelines.package --home   # print the BentoML home the project uses
+python -m pipelines.package          # import the champion, build the bento, record its tag
+python -m pipelines.package --home   # print the BentoML home the project uses
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any) -> dict[str
 
 def import_champion(client: Any, name: str) -> Any:
     """The champion in the BentoML model store, labelled with its registry version and lineage."""
-    import bentoml
     import mlflow
+
+    import bentoml
 
     version = registry.champion_version(client, name)
     if version is None:
@@ -67,8 +68,12 @@ def import_champion(client: Any, name: str) -> Any:
             "run_id": version.run_id,
             **{k.replace("lineage.", ""): v for k, v in meta["lineage"].items()},
         }
-        with bentoml.models.create(serving.MODEL_NAME, labels=labels, metadata={"task": meta["task"]}) as model:
-            shutil.copy(local / mlmodel["flavors"]["sklearn"]["pickled_model"], Path(model.path) / serving.MODEL_FILE)
+        with bentoml.models.create(
+            serving.MODEL_NAME, labels=labels, metadata={"task": meta["task"]}
+        ) as model:
+            shutil.copy(
+                local / mlmodel["flavors"]["sklearn"]["pickled_model"], Path(model.path) / serving.MODEL_FILE
+            )
             dataio.write_json(meta, Path(model.path) / serving.META_FILE)
     return bentoml.models.get(model.tag)
 
@@ -76,10 +81,13 @@ def import_champion(client: Any, name: str) -> Any:
 def package(root: Path, params: dict) -> dict[str, Any]:
     os.environ["BENTOML_HOME"] = str(bentoml_home(root, params))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    import bentoml
     import mlflow
 
-    tracking.use_experiment(params["tracking"]["experiment"], tracking.store_dir(root, params["tracking"]["store"]))
+    import bentoml
+
+    tracking.use_experiment(
+        params["tracking"]["experiment"], tracking.store_dir(root, params["tracking"]["store"])
+    )
     model = import_champion(mlflow.MlflowClient(), params["promote"]["registered_model"])
     labels = {k: v for k, v in model.info.labels.items() if k in ("registry_version", "run_id", "git_commit")}
     bento = bentoml.bentos.build_bentofile(str(root / "bentofile.yaml"), build_ctx=str(root), labels=labels)

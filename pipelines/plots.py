@@ -8,10 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: stages run without a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 
 def curve(frame: pd.DataFrame, x: str, y: str, title: str, *, diagonal: bool = False) -> Figure:

@@ -1,7 +1,7 @@
 """`make promote` and `make rollback`: the gate's decision, applied to the MLflow registry.
 
-    python -m pipelines.promote                      # challenger vs champion, promote if it passes
-    python -m pipelines.promote --rollback --reason "why"
+python -m pipelines.promote                      # challenger vs champion, promote if it passes
+python -m pipelines.promote --rollback --reason "why"
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pipelines.errors import PipelineError
 from pipelines.split import features_and_target
 
 
-def baseline_scores(train: pd.DataFrame, holdout: pd.DataFrame, data: dict, positive: Any, metric: str) -> dict:
+def baseline_scores(
+    train: pd.DataFrame, holdout: pd.DataFrame, data: dict, positive: Any, metric: str
+) -> dict:
     """The trivial model's scores (majority class / mean), on the metrics the gate compares."""
     from sklearn.dummy import DummyClassifier, DummyRegressor
 
@@ -47,7 +49,9 @@ def run_promotion(root: Path, params: dict) -> dict:
     if config.main_root(root) != root:
         raise PipelineError("promotion never runs inside a DVC experiment's temporary workspace")
     rules, data, paths = params["promote"], params["data"], params["paths"]
-    tracking.use_experiment(params["tracking"]["experiment"], tracking.store_dir(root, params["tracking"]["store"]))
+    tracking.use_experiment(
+        params["tracking"]["experiment"], tracking.store_dir(root, params["tracking"]["store"])
+    )
     client = mlflow.MlflowClient()
     name = rules["registered_model"]
 
@@ -58,13 +62,19 @@ def run_promotion(root: Path, params: dict) -> dict:
     champion = registry.champion_version(client, name)
 
     decision: dict[str, Any] = {
-        "at": registry.now(), "registered_model": name, "challenger": challenger,
-        "challenger_run_id": trained["run_id"], "challenger_scores": scores[challenger],
+        "at": registry.now(),
+        "registered_model": name,
+        "challenger": challenger,
+        "challenger_run_id": trained["run_id"],
+        "challenger_scores": scores[challenger],
         "champion_version": champion.version if champion else None,
         "champion_run_id": champion.run_id if champion else None,
     }
     if champion is not None and champion.run_id == trained["run_id"]:
-        decision.update(promoted=False, reasons=[f"{challenger} (run {trained['run_id']}) is already champion v{champion.version}"])
+        decision.update(
+            promoted=False,
+            reasons=[f"{challenger} (run {trained['run_id']}) is already champion v{champion.version}"],
+        )
         return decision
 
     champion_scores = None
@@ -73,7 +83,9 @@ def run_promotion(root: Path, params: dict) -> dict:
         X, y = features_and_target(holdout, data["target"], data["ignore"])
         champion_scores = metrics.score_model(model, X, y, data["task"], trained["positive_class"])
         decision["champion_scores_today"] = champion_scores
-    baseline = baseline_scores(pd.read_parquet(paths["train"]), holdout, data, trained["positive_class"], rules["primary_metric"])
+    baseline = baseline_scores(
+        pd.read_parquet(paths["train"]), holdout, data, trained["positive_class"], rules["primary_metric"]
+    )
     decision["baseline_scores"] = baseline
     verdict = gate.decide(scores[challenger], champion_scores, baseline, rules)
     decision.update(promoted=verdict.promote, reasons=verdict.reasons)
@@ -81,7 +93,13 @@ def run_promotion(root: Path, params: dict) -> dict:
     if verdict.promote:
         run = client.get_run(trained["run_id"])
         tags = {k: v for k, v in run.data.tags.items() if k.startswith("lineage.")}
-        tags.update({"run_id": trained["run_id"], "candidate": challenger, "positive_class": str(trained["positive_class"])})
+        tags.update(
+            {
+                "run_id": trained["run_id"],
+                "candidate": challenger,
+                "positive_class": str(trained["positive_class"]),
+            }
+        )
         decision["version"] = registry.promote(client, name, trained["model_uri"], tags)
     client.set_tag(trained["run_id"], "promotion.decision", "promoted" if verdict.promote else "refused")
     client.set_tag(trained["run_id"], "promotion.reasons", "; ".join(verdict.reasons)[:4900])
@@ -91,11 +109,19 @@ def run_promotion(root: Path, params: dict) -> dict:
 def run_rollback(root: Path, params: dict, reason: str) -> dict:
     import mlflow
 
-    tracking.use_experiment(params["tracking"]["experiment"], tracking.store_dir(root, params["tracking"]["store"]))
+    tracking.use_experiment(
+        params["tracking"]["experiment"], tracking.store_dir(root, params["tracking"]["store"])
+    )
     name = params["promote"]["registered_model"]
     current, restored = registry.rollback(mlflow.MlflowClient(), name, reason)
-    return {"at": registry.now(), "registered_model": name, "rollback": True, "from_version": current,
-            "champion_version": restored, "reasons": [reason]}
+    return {
+        "at": registry.now(),
+        "registered_model": name,
+        "rollback": True,
+        "from_version": current,
+        "champion_version": restored,
+        "reasons": [reason],
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -111,7 +137,9 @@ def main(argv: list[str]) -> int:
             line = f"ROLLED BACK {decision['registered_model']}: v{decision['from_version']} -> v{decision['champion_version']} ({args.reason})"
         else:
             decision = run_promotion(root, params)
-            kept = decision["champion_version"] is not None and decision["challenger_run_id"] == decision.get("champion_run_id")
+            kept = decision["champion_version"] is not None and decision["challenger_run_id"] == decision.get(
+                "champion_run_id"
+            )
             verb = "PROMOTED" if decision["promoted"] else "KEPT" if kept else "REFUSED"
             line = f"{verb} {decision['challenger']}: {decision['reasons'][0]}"
             if decision["promoted"]:

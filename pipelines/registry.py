@@ -6,6 +6,7 @@ can never skip or replay it, and `dvc exp run` never reaches it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -44,10 +45,10 @@ def _point_aliases(client: Any, name: str, versions: list[str]) -> None:
     if len(versions) > 1:
         client.set_registered_model_alias(name, PREVIOUS, versions[-2])
     else:
-        try:
+        from mlflow.exceptions import MlflowException
+
+        with contextlib.suppress(MlflowException):  # the alias may simply not exist
             client.delete_registered_model_alias(name, PREVIOUS)
-        except Exception:  # noqa: BLE001 - the alias may simply not exist
-            pass
 
 
 def promote(client: Any, name: str, model_uri: str, tags: dict[str, str]) -> str:

@@ -65,8 +65,7 @@ def predict(loaded: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any
         labels = np.asarray(loaded.classes, dtype=object)[proba.argmax(axis=1)]
         result["predictions"] = [_plain(v) for v in labels]
         result["probabilities"] = [
-            {str(c): round(float(p), 6) for c, p in zip(loaded.classes, row, strict=True)}
-            for row in proba
+            {str(c): round(float(p), 6) for c, p in zip(loaded.classes, row, strict=True)} for row in proba
         ]
     else:
         result["predictions"] = [float(v) for v in loaded.model.predict(X)]

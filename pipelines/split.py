@@ -22,7 +22,5 @@ def split_frame(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A seeded split; classification keeps the class balance where every class has two rows."""
     stratify = frame[target] if task == "classification" and can_stratify(frame[target]) else None
-    train, holdout = train_test_split(
-        frame, test_size=holdout_size, random_state=seed, stratify=stratify
-    )
+    train, holdout = train_test_split(frame, test_size=holdout_size, random_state=seed, stratify=stratify)
     return train.reset_index(drop=True), holdout.reset_index(drop=True)
