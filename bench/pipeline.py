@@ -23,12 +23,14 @@ bench/results/, which git ignores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -56,6 +58,8 @@ REDUCED = {
     "hist_gradient_boosting": {"max_iter": 50},
 }
 MB = 1024 * 1024
+# Seconds to wait, before each measured command, for other processes to leave the CPUs (--wait-idle)
+WAIT_IDLE = 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,9 +135,7 @@ def check_imports(project: Path) -> str:
         check=True,
     ).stdout.strip()
     if not Path(out).resolve().is_relative_to(project.resolve()):
-        raise SystemExit(
-            f"bench: pipelines imports from {out}, not from the copy {project}"
-        )
+        raise SystemExit(f"bench: pipelines imports from {out}, not from the copy {project}")
     return out
 
 
@@ -179,29 +181,19 @@ class TreeMonitor(threading.Thread):
                 break
             rss: dict[int, int] = {}
             for proc in procs:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     rss[proc.pid] = proc.memory_info().rss
-                except (
-                    psutil.NoSuchProcess,
-                    psutil.AccessDenied,
-                    psutil.ZombieProcess,
-                ):
-                    pass
             self.peak_tree_rss = max(self.peak_tree_rss, sum(rss.values()))
             for proc in procs:
                 label = self._label(proc)
                 if label is None or proc.pid not in rss:
                     continue
                 try:
-                    sub = rss[proc.pid] + sum(
-                        rss.get(c.pid, 0) for c in proc.children(recursive=True)
-                    )
+                    sub = rss[proc.pid] + sum(rss.get(c.pid, 0) for c in proc.children(recursive=True))
                     started = proc.create_time()
                 except (psutil.NoSuchProcess, psutil.ZombieProcess):
                     continue
-                stage = self.stages.setdefault(
-                    label, {"start": started, "end": now, "peak_rss_mb": 0.0}
-                )
+                stage = self.stages.setdefault(label, {"start": started, "end": now, "peak_rss_mb": 0.0})
                 stage["end"] = now
                 stage["peak_rss_mb"] = max(stage["peak_rss_mb"], sub / MB)
             self.done.wait(self.interval)
@@ -222,11 +214,44 @@ def kill_tree(pid: int) -> None:
     except psutil.NoSuchProcess:
         return
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(procs, timeout=10)
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and of its waited-for descendants."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def other_load(seconds: float = 3.0) -> float:
+    """Cores kept busy by processes that are not ours, averaged over `seconds`."""
+    b0, o0 = cpu_busy_s(), own_cpu_s()
+    time.sleep(seconds)
+    return max(0.0, ((cpu_busy_s() - b0) - (own_cpu_s() - o0)) / seconds)
+
+
+def wait_for_idle(max_wait: float, threshold: float = 0.3) -> dict[str, float] | None:
+    """On a shared box, wait (up to `max_wait` s) until other processes use < `threshold` cores."""
+    if max_wait <= 0:
+        return None
+    start = time.time()
+    while True:
+        load = other_load()
+        waited = time.time() - start
+        if load < threshold or waited >= max_wait:
+            if load >= threshold:
+                print(f"  (box still busy after {waited:.0f} s: {load:.2f} cores)", flush=True)
+            return {"waited_s": round(waited, 1), "other_load_cores": round(load, 2)}
+        time.sleep(5)
 
 
 def run(
@@ -244,6 +269,8 @@ def run(
     log.parent.mkdir(parents=True, exist_ok=True)
     time_file = log.with_suffix(".time")
     full = ["/usr/bin/time", "-v", "-o", str(time_file), *cmd] if time_v else cmd
+    idle = wait_for_idle(WAIT_IDLE)
+    busy0, own0 = cpu_busy_s(), own_cpu_s()
     with open(log, "w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -268,13 +295,20 @@ def run(
         if mon:
             mon.done.set()
             mon.join()
+    own = own_cpu_s() - own0
     result: dict[str, Any] = {
         "cmd": shlex.join(cmd),
         "wall_s": round(wall, 3),
+        "cpu_s": round(own, 2),
+        # Cores other processes kept busy meanwhile: the box is shared (killed kernels of a
+        # timed-out run are not waited for by us, so they count as other load).
+        "other_load_cores": round(max(0.0, (cpu_busy_s() - busy0) - own) / wall, 2),
         "returncode": proc.returncode,
         "timed_out": timed_out,
         "log": str(log),
     }
+    if idle:
+        result["idle_wait"] = idle
     if mon:
         result["peak_tree_rss_mb"] = round(mon.peak_tree_rss / MB, 1)
         result["stages_monitored"] = {
@@ -285,9 +319,7 @@ def run(
             for k, v in mon.stages.items()
         }
     if time_v and time_file.exists():
-        found = re.search(
-            r"Maximum resident set size \(kbytes\): (\d+)", time_file.read_text()
-        )
+        found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_file.read_text())
         if found:
             result["max_rss_largest_process_mb"] = round(int(found.group(1)) / 1024, 1)
     if proc.returncode and not timed_out:
@@ -310,17 +342,13 @@ def notebook_timings(path: Path) -> dict[str, Any]:
         pm = cell.get("metadata", {}).get("papermill", {})
         source = "".join(cell["source"]).strip()
         tags = cell.get("metadata", {}).get("tags", [])
-        lines = [
-            ln for ln in source.splitlines() if ln.strip() and not ln.startswith("#")
-        ]
+        lines = [ln for ln in source.splitlines() if ln.strip() and not ln.startswith("#")]
         plain = [ln for ln in lines if not ln.startswith(("import ", "from "))]
         first = (plain or lines or [""])[0]
         cells.append(
             {
                 "index": index,
-                "label": "[injected parameters]"
-                if "injected-parameters" in tags
-                else first[:70],
+                "label": "[injected parameters]" if "injected-parameters" in tags else first[:70],
                 "duration_s": pm.get("duration"),
                 "status": pm.get("status"),
             }
@@ -364,7 +392,8 @@ def part_full(project: Path, logs: Path, runs: int, timeout: float) -> dict[str,
         res["notebooks"] = report_timings(project)
         results.append(res)
         print(
-            f"  full run {i + 1}/{runs}: {res['wall_s']:.1f} s (rc {res['returncode']})",
+            f"  full run {i + 1}/{runs}: {res['wall_s']:.1f} s (rc {res['returncode']};"
+            f" other processes kept {res['other_load_cores']:.2f} cores busy)",
             flush=True,
         )
         if res["returncode"]:
@@ -376,15 +405,9 @@ def part_full(project: Path, logs: Path, runs: int, timeout: float) -> dict[str,
         stages = sorted({s for r in ok for s in r["notebooks"]}, key=stage_order)
         summary["stages"] = {
             s: {
-                "papermill_s": median_of(
-                    r["notebooks"].get(s, {}).get("duration_s") for r in ok
-                ),
-                "process_s": median_of(
-                    r["stages_monitored"].get(s, {}).get("wall_s") for r in ok
-                ),
-                "peak_rss_mb": max(
-                    r["stages_monitored"].get(s, {}).get("peak_rss_mb", 0) for r in ok
-                ),
+                "papermill_s": median_of(r["notebooks"].get(s, {}).get("duration_s") for r in ok),
+                "process_s": median_of(r["stages_monitored"].get(s, {}).get("wall_s") for r in ok),
+                "peak_rss_mb": max(r["stages_monitored"].get(s, {}).get("peak_rss_mb", 0) for r in ok),
             }
             for s in stages
         }
@@ -396,9 +419,7 @@ def part_noop(project: Path, logs: Path, runs: int) -> dict[str, Any]:
     env = bench_env(project)
     results = []
     for i in range(runs):
-        res = run(
-            dvc("repro"), project, env=env, log=logs / f"noop-{i}.log", timeout=300
-        )
+        res = run(dvc("repro"), project, env=env, log=logs / f"noop-{i}.log", timeout=300)
         text = Path(res["log"]).read_text()
         res["ran_a_stage"] = "Running stage" in text
         results.append(res)
@@ -412,14 +433,10 @@ def part_noop(project: Path, logs: Path, runs: int) -> dict[str, Any]:
 
 def lock_commands(project: Path) -> dict[str, str]:
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    return {
-        name: " ".join(stage["cmd"].split()) for name, stage in lock["stages"].items()
-    }
+    return {name: " ".join(stage["cmd"].split()) for name, stage in lock["stages"].items()}
 
 
-def nbrun_parameters(
-    argv: list[str], project: Path
-) -> tuple[Path, Path, dict[str, Any]]:
+def nbrun_parameters(argv: list[str], project: Path) -> tuple[Path, Path, dict[str, Any]]:
     """Input, output and the parameters papermill injects for an nbrun command line."""
     args = [a for a in argv if a != "--html"]
     i = args.index("pipelines.nbrun")
@@ -430,9 +447,7 @@ def nbrun_parameters(
         if arg in ("-f", "--parameters_file"):
             params.update(yaml.safe_load((project / rest[j + 1]).read_text()))
         elif arg in ("-p", "--parameters"):
-            params[rest[j + 1]] = yaml.safe_load(
-                rest[j + 2]
-            )  # papermill reads -p values so
+            params[rest[j + 1]] = yaml.safe_load(rest[j + 2])  # papermill reads -p values so
     params["output_notebook"] = str(output)  # nbrun adds this one
     return notebook, output, params
 
@@ -447,8 +462,7 @@ def notebook_as_script(notebook: Path, params: dict[str, Any]) -> str:
         chunks.append("".join(cell["source"]))
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             chunks.append(
-                "# injected parameters\n"
-                + "\n".join(f"{name} = {value!r}" for name, value in params.items())
+                "# injected parameters\n" + "\n".join(f"{name} = {value!r}" for name, value in params.items())
             )
     body = "\n\n".join(chunks)
     # The body's own time, to tell it from interpreter start-up and teardown (MLflow, sklearn and
@@ -471,9 +485,7 @@ print(json.dumps({"import_s": t1 - t0, "render_s": t2 - t1}))
 """
 
 
-def part_overhead(
-    project: Path, logs: Path, stages: list[str], runs: int, scripts: Path
-) -> dict[str, Any]:
+def part_overhead(project: Path, logs: Path, stages: list[str], runs: int, scripts: Path) -> dict[str, Any]:
     """Each stage's command against the same code as a plain script, alternately, `runs` times."""
     env = bench_env(project)
     commands = lock_commands(project)
@@ -489,6 +501,7 @@ def part_overhead(
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(notebook_as_script(notebook, params))
         nb_walls, py_walls, py_bodies, pm_durations, cell_sums = [], [], [], [], []
+        loads: list[dict[str, Any]] = []
         for i in range(runs):
             r_nb = run(
                 argv,
@@ -506,9 +519,8 @@ def part_overhead(
             )
             for res in (r_nb, r_py):
                 if res["returncode"]:
-                    raise SystemExit(
-                        f"bench: overhead run failed: {res['cmd']}\n{res.get('log_tail')}"
-                    )
+                    raise SystemExit(f"bench: overhead run failed: {res['cmd']}\n{res.get('log_tail')}")
+            loads += [r_nb, r_py]
             nb_walls.append(r_nb["wall_s"])
             py_walls.append(r_py["wall_s"])
             found = re.search(r"BENCH_BODY_S=([0-9.]+)", Path(r_py["log"]).read_text())
@@ -525,6 +537,7 @@ def part_overhead(
             "nbrun_runs_s": nb_walls,
             "script_runs_s": py_walls,
             "html": "--html" in argv,
+            "other_load_cores": median_of(r["other_load_cores"] for r in loads),
         }
         entry["overhead_s"] = round(entry["nbrun_s"] - entry["script_s"], 3)
         if entry["html"]:
@@ -556,16 +569,10 @@ def upsampled(source: Path, factor: int, dest: Path) -> dict[str, Any]:
     start = time.perf_counter()
     frame = pd.read_csv(source) if source.suffix == ".csv" else pd.read_parquet(source)
     n = len(frame)
-    big = (
-        frame.iloc[list(range(n)) * factor].reset_index(drop=True)
-        if factor > 1
-        else frame
-    )
+    big = frame.iloc[list(range(n)) * factor].reset_index(drop=True) if factor > 1 else frame
     if "customer_id" in big.columns:
         width = len(str(n * factor))
-        big["customer_id"] = "C" + pd.Series(range(1, len(big) + 1)).astype(
-            str
-        ).str.zfill(width)
+        big["customer_id"] = "C" + pd.Series(range(1, len(big) + 1)).astype(str).str.zfill(width)
     dest.parent.mkdir(parents=True, exist_ok=True)
     big.to_parquet(dest, index=False)
     info = {
@@ -578,9 +585,7 @@ def upsampled(source: Path, factor: int, dest: Path) -> dict[str, Any]:
     return info
 
 
-def scaling_params(
-    params_text: str, source: str, reduced: bool
-) -> tuple[str, dict[str, Any]]:
+def scaling_params(params_text: str, source: str, reduced: bool) -> tuple[str, dict[str, Any]]:
     params = yaml.safe_load(params_text)
     params["data"]["source"] = source
     changes: dict[str, Any] = {}
@@ -590,9 +595,7 @@ def scaling_params(
                 old = (spec.get("params") or {}).get(key)
                 if old is None or old > value:
                     spec.setdefault("params", {})[key] = value
-                    changes[f"train.candidates.{name}.params.{key}"] = (
-                        f"{old} -> {value}"
-                    )
+                    changes[f"train.candidates.{name}.params.{key}"] = f"{old} -> {value}"
     return yaml.safe_dump(params, sort_keys=False), changes
 
 
@@ -617,9 +620,7 @@ def part_scaling(
         project = make_copy(work / f"scale-x{factor}")
         local = Path("data/source") / data.name
         os.link(data, project / local)
-        text, changes = scaling_params(
-            (project / "params.yaml").read_text(), str(local), reduced
-        )
+        text, changes = scaling_params((project / "params.yaml").read_text(), str(local), reduced)
         (project / "params.yaml").write_text(text)
         result["param_changes"] = changes
         print(
@@ -644,7 +645,8 @@ def part_scaling(
         state = "done" if finished else ("TIMED OUT" if res["timed_out"] else "FAILED")
         print(
             f"  scaling x{factor}: {state} in {res['wall_s']:.0f} s,"
-            f" peak tree RSS {res.get('peak_tree_rss_mb', 0):.0f} MB",
+            f" peak tree RSS {res.get('peak_tree_rss_mb', 0):.0f} MB,"
+            f" other load {res['other_load_cores']:.2f} cores",
             flush=True,
         )
         keep_dir = out_dir / f"x{factor}"
@@ -711,15 +713,12 @@ def analyse_scaling(scaling: dict[str, Any]) -> dict[str, Any]:
             "wall_s": res["wall_s"],
             "peak_tree_rss_mb": res.get("peak_tree_rss_mb"),
             "max_rss_largest_process_mb": res.get("max_rss_largest_process_mb"),
+            "other_load_cores": res.get("other_load_cores"),
         }
         if base and res.get("finished"):
-            row["time_per_row_vs_base"] = (res["wall_s"] / res["rows"]) / (
-                base["wall_s"] / base["rows"]
-            )
+            row["time_per_row_vs_base"] = (res["wall_s"] / res["rows"]) / (base["wall_s"] / base["rows"])
             if prev is not None:
-                row["time_exponent"] = exponent(
-                    prev["wall_s"], res["wall_s"], prev["rows"], res["rows"]
-                )
+                row["time_exponent"] = exponent(prev["wall_s"], res["wall_s"], prev["rows"], res["rows"])
                 row["rss_exponent"] = exponent(
                     prev.get("peak_tree_rss_mb"),
                     res.get("peak_tree_rss_mb"),
@@ -735,9 +734,7 @@ def analyse_scaling(scaling: dict[str, Any]) -> dict[str, Any]:
             f: {
                 "papermill_s": r["notebooks"].get(stage, {}).get("duration_s"),
                 "process_s": r.get("stages_monitored", {}).get(stage, {}).get("wall_s"),
-                "peak_rss_mb": r.get("stages_monitored", {})
-                .get(stage, {})
-                .get("peak_rss_mb"),
+                "peak_rss_mb": r.get("stages_monitored", {}).get(stage, {}).get("peak_rss_mb"),
             }
             for f, r in sizes
         }
@@ -782,21 +779,19 @@ def print_report(res: dict[str, Any]) -> None:
         f"\n{line}\nPipeline benchmark  {res['started']}  ({m['cpus']} CPUs, {m['memory_gb']} GB,"
         f" {m['cpu_model']}; load before {m['load_before']})"
     )
-    print(
-        f"project {res['project']['head'][:10]}{' (dirty tree)' if res['project']['dirty'] else ''}"
-    )
+    print(f"project {res['project']['head'][:10]}{' (dirty tree)' if res['project']['dirty'] else ''}")
     print(line)
     checks = []
     if "full" in res:
         full = res["full"]
         walls = ", ".join(f"{r['wall_s']:.1f}" for r in full["runs"])
+        loads = ", ".join(f"{r['other_load_cores']:.2f}" for r in full["runs"])
         print(
             f"FULL `dvc repro -f`, default data, {len(full['runs'])} run(s): {walls} s"
+            f"  (other processes' load meanwhile: {loads} cores)"
         )
         if "stages" in full:
-            print(
-                f"  {'stage':<14}{'papermill s':>12}{'process s':>11}{'peak RSS MB':>13}"
-            )
+            print(f"  {'stage':<14}{'papermill s':>12}{'process s':>11}{'peak RSS MB':>13}")
             for s, v in full["stages"].items():
                 print(
                     f"  {s:<14}{fmt(v['papermill_s']):>12}{fmt(v['process_s']):>11}"
@@ -808,23 +803,19 @@ def print_report(res: dict[str, Any]) -> None:
                 f"  {'sum':<14}{pm_sum:>12.2f}{pr_sum:>11.2f}   (wall - process sum = DVC's own"
                 f" time: {full['median_s'] - pr_sum:.1f} s)"
             )
-        checks.append(
-            ("full dvc repro -f (median)", full.get("median_s"), TARGETS["full_s"])
-        )
+        checks.append(("full dvc repro -f (median)", full.get("median_s"), TARGETS["full_s"]))
     if "noop" in res:
         noop = res["noop"]
         walls = ", ".join(f"{r['wall_s']:.2f}" for r in noop["runs"])
+        load = statistics.median(r["other_load_cores"] for r in noop["runs"])
+        walls += f" (other load {load:.2f} cores)"
         print(f"NO-OP `dvc repro`: {walls} s; all up to date: {noop['all_up_to_date']}")
-        checks.append(
-            ("no-op dvc repro (median)", noop.get("median_s"), TARGETS["noop_s"])
-        )
+        checks.append(("no-op dvc repro (median)", noop.get("median_s"), TARGETS["noop_s"]))
     if "overhead" in res:
-        print(
-            "PAPERMILL OVERHEAD: stage command (nbrun) vs the same code cells as a plain script"
-        )
+        print("PAPERMILL OVERHEAD: stage command (nbrun) vs the same code cells as a plain script")
         print(
             f"  {'stage':<14}{'nbrun s':>9}{'script s':>10}{'(body s)':>10}{'overhead s':>12}"
-            f"{'ratio':>7}{'papermill dur':>15}{'cell sum':>10}  html render*"
+            f"{'ratio':>7}{'papermill dur':>15}{'cell sum':>10}  {'html*':<8} other load"
         )
         for s, v in res["overhead"].items():
             html = v.get("html_render")
@@ -833,11 +824,9 @@ def print_report(res: dict[str, Any]) -> None:
                 f"  {s:<14}{v['nbrun_s']:>9.2f}{v['script_s']:>10.2f}"
                 f"{fmt(v.get('script_body_s')):>10}{v['overhead_s']:>12.2f}"
                 f"{v['nbrun_s'] / v['script_s']:>7.2f}{v['papermill_duration_s']:>15.2f}"
-                f"{v['cell_sum_s']:>10.2f}  {html_s}"
+                f"{v['cell_sum_s']:>10.2f}  {html_s:<8} {fmt(v.get('other_load_cores'))}"
             )
-            checks.append(
-                (f"papermill overhead {s}", v["overhead_s"], TARGETS["overhead_s"])
-            )
+            checks.append((f"papermill overhead {s}", v["overhead_s"], TARGETS["overhead_s"]))
         print(
             "  medians of alternating runs; overhead = nbrun - script (whole processes); body = the"
             " script's code without interpreter start/exit;\n  papermill dur = papermill's own"
@@ -853,7 +842,7 @@ def print_report(res: dict[str, Any]) -> None:
         print(f"SCALING (data repeated, unique ids, Parquet; candidate params {how})")
         print(
             f"  {'size':>6}{'rows':>11}{'wall s':>9}{'s/row vs 1st':>14}{'exp k':>7}"
-            f"{'tree RSS MB':>13}{'exp k':>7}{'largest proc MB':>17}  status"
+            f"{'tree RSS MB':>13}{'exp k':>7}{'largest proc MB':>17}{'other load':>12}  status"
         )
         for row in an.get("totals", []):
             status = "ok" if row["finished"] else "DID NOT FINISH"
@@ -861,30 +850,24 @@ def print_report(res: dict[str, Any]) -> None:
                 f"  {'x' + str(row['factor']):>6}{row['rows']:>11,}{row['wall_s']:>9.1f}"
                 f"{fmt(row.get('time_per_row_vs_base'), '.3f'):>14}{fmt(row.get('time_exponent')):>7}"
                 f"{fmt(row.get('peak_tree_rss_mb'), '.0f'):>13}{fmt(row.get('rss_exponent')):>7}"
-                f"{fmt(row.get('max_rss_largest_process_mb'), '.0f'):>17}  {status}"
+                f"{fmt(row.get('max_rss_largest_process_mb'), '.0f'):>17}"
+                f"{fmt(row.get('other_load_cores')):>12}  {status}"
             )
         factors = [str(r["factor"]) for r in an.get("totals", [])]
-        print(
-            "  per stage, papermill seconds (process seconds incl. python start + HTML):"
-        )
+        print("  per stage, papermill seconds (process seconds incl. python start + HTML):")
         print("  " + f"{'stage':<14}" + "".join(f"{'x' + f:>18}" for f in factors))
         for stage, by in an.get("stages", {}).items():
             cells = [
-                f"{fmt(by[f]['papermill_s'], '.1f')} ({fmt(by[f]['process_s'], '.1f')})"
-                for f in factors
+                f"{fmt(by[f]['papermill_s'], '.1f')} ({fmt(by[f]['process_s'], '.1f')})" for f in factors
             ]
             print("  " + f"{stage:<14}" + "".join(f"{c:>18}" for c in cells))
-        print(
-            "  exponent k (t ~ rows^k) between consecutive sizes, cells taking >= 1 s at the larger:"
-        )
+        print("  exponent k (t ~ rows^k) between consecutive sizes, cells taking >= 1 s at the larger:")
         for entry in an.get("cells", []):
             big = [k for k, v in entry["exponents"].items() if v is not None]
             if not big or max(entry["s"].values()) < 1.0:
                 continue
             ks = ", ".join(
-                f"x{k.replace('->', '->x')}: {v:.2f}"
-                for k, v in entry["exponents"].items()
-                if v is not None
+                f"x{k.replace('->', '->x')}: {v:.2f}" for k, v in entry["exponents"].items() if v is not None
             )
             secs = ", ".join(f"{v:.1f}" for v in entry["s"].values())
             print(
@@ -901,9 +884,7 @@ def print_report(res: dict[str, Any]) -> None:
         print(line)
         print("TARGETS")
         for name, value, target in checks:
-            print(
-                f"  {name:<40}{fmt(value):>9} s  target <= {target:>5} s  {verdict(value, target)}"
-            )
+            print(f"  {name:<40}{fmt(value):>9} s  target <= {target:>5} s  {verdict(value, target)}")
     print(line)
 
 
@@ -912,14 +893,12 @@ def print_report(res: dict[str, Any]) -> None:
 
 def machine() -> dict[str, Any]:
     model = "unknown"
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         model = next(
             ln.split(":", 1)[1].strip()
             for ln in Path("/proc/cpuinfo").read_text().splitlines()
             if ln.startswith("model name")
         )
-    except (OSError, StopIteration):
-        pass
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
@@ -938,30 +917,31 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: full, noop, overhead, scaling",
     )
     ap.add_argument("--full-runs", type=int, default=3)
-    ap.add_argument(
-        "--full-timeout", type=float, default=900, help="seconds per full run"
-    )
+    ap.add_argument("--full-timeout", type=float, default=900, help="seconds per full run")
     ap.add_argument("--noop-runs", type=int, default=5)
     ap.add_argument("--overhead-runs", type=int, default=3)
     ap.add_argument("--overhead-stages", default=DEFAULT_OVERHEAD_STAGES)
-    ap.add_argument(
-        "--sizes", default="1,10,100", help="scaling factors, e.g. 1,10,100,1000"
-    )
-    ap.add_argument(
-        "--timeout", type=float, default=1200, help="seconds per scaling size"
-    )
+    ap.add_argument("--sizes", default="1,10,100", help="scaling factors, e.g. 1,10,100,1000")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds per scaling size")
     ap.add_argument(
         "--scaling-params",
         choices=("reduced", "default"),
         default="reduced",
         help="candidate hyperparameters for the scaling runs",
     )
-    ap.add_argument(
-        "--workdir", type=Path, help="where the copies go (default: a temp dir)"
-    )
+    ap.add_argument("--workdir", type=Path, help="where the copies go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the project copies")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        help="before each measured command, wait up to this many seconds for other processes"
+        " to use < 0.3 cores (shared box); 0: do not wait",
+    )
     args = ap.parse_args(argv)
+    global WAIT_IDLE
+    WAIT_IDLE = args.wait_idle
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - {"full", "noop", "overhead", "scaling"}
     if unknown:
@@ -979,9 +959,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "project": {
             "head": git("rev-parse", "HEAD", cwd=REPO).strip(),
-            "dirty": bool(
-                git("status", "--porcelain", "--untracked-files=no", cwd=REPO).strip()
-            ),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", cwd=REPO).strip()),
         },
         "args": {k: str(v) for k, v in vars(args).items()},
         "targets": TARGETS,
@@ -999,9 +977,7 @@ def main(argv: list[str] | None = None) -> int:
             res["imports_from"] = check_imports(project)
             if "full" in parts:
                 print("full dvc repro -f ...", flush=True)
-                res["full"] = part_full(
-                    project, logs, args.full_runs, args.full_timeout
-                )
+                res["full"] = part_full(project, logs, args.full_runs, args.full_timeout)
             else:  # no-op and overhead need a completed pipeline
                 setup = run(
                     dvc("repro"),
@@ -1012,9 +988,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 res["setup"] = setup
                 if setup["returncode"]:
-                    raise SystemExit(
-                        f"bench: setup dvc repro failed:\n{setup.get('log_tail')}"
-                    )
+                    raise SystemExit(f"bench: setup dvc repro failed:\n{setup.get('log_tail')}")
             save()
             if "noop" in parts:
                 print("no-op dvc repro ...", flush=True)
@@ -1022,12 +996,8 @@ def main(argv: list[str] | None = None) -> int:
                 save()
             if "overhead" in parts:
                 print("papermill overhead ...", flush=True)
-                stages = [
-                    s.strip() for s in args.overhead_stages.split(",") if s.strip()
-                ]
-                res["overhead"] = part_overhead(
-                    project, logs, stages, args.overhead_runs, work / "scripts"
-                )
+                stages = [s.strip() for s in args.overhead_stages.split(",") if s.strip()]
+                res["overhead"] = part_overhead(project, logs, stages, args.overhead_runs, work / "scripts")
                 save()
             if not args.keep:
                 shutil.rmtree(project, ignore_errors=True)
