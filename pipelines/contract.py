@@ -189,3 +189,24 @@ def report(result: ValidationResult, frame: pd.DataFrame, contract_path: str, in
         "soft_issues": result.soft_issues,
         "missing_share": null_shares(frame),
     }
+
+
+def field_specs(schema: pa.DataFrameSchema, columns: list[str]) -> dict[str, dict]:
+    """The contract of `columns` as plain JSON: what the service's request schema is built from.
+
+    Every rule counts here, soft or not: a request is one row, refused rather than reported.
+    """
+    specs = {}
+    for name in columns:
+        column = schema.columns[name]
+        dtype = str(column.dtype).replace("string[pyarrow]", "str")
+        kind = {"int64": "integer", "float64": "number", "bool": "boolean"}.get(dtype, "string")
+        spec: dict = {"type": kind, "nullable": bool(column.nullable)}
+        for check in column.checks:
+            stats = check.statistics or {}
+            if check.name == "in_range":
+                spec["minimum"], spec["maximum"] = stats["min_value"], stats["max_value"]
+            elif check.name == "isin":
+                spec["allowed"] = list(stats["allowed_values"])
+        specs[name] = spec
+    return specs

@@ -26,10 +26,25 @@ def bentoml_home(root: Path, params: dict) -> Path:
     return tracking.store_dir(root, params["serving"]["bentoml_home"])
 
 
-def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any) -> dict[str, Any]:
+def request_fields(params: dict) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The features' and the id columns' contract, from which the service builds its schema."""
+    from pipelines import contract
+
+    schema = contract.load_contract(params["paths"]["contract"])
+    data = params["data"]
+    ignore = list(data.get("ignore") or [])
+    features = [c for c in schema.columns if c != data["target"] and c not in ignore]
+    return contract.field_specs(schema, features), contract.field_specs(schema, ignore)
+
+
+def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any, params: dict) -> dict[str, Any]:
     """What the service needs beside the model file, and what a person auditing it wants."""
     tags = run.data.tags
+    fields, optional = request_fields(params)
     return {
+        "fields": fields,
+        "optional_fields": optional,
+        "limits": {**serving.DEFAULT_LIMITS, **(params["serving"].get("limits") or {})},
         "version": str(version.version),
         "registered_model": version.name,
         "run_id": version.run_id,
@@ -42,7 +57,7 @@ def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any) -> dict[str
     }
 
 
-def import_champion(client: Any, name: str) -> Any:
+def import_champion(client: Any, name: str, params: dict) -> Any:
     """The champion in the BentoML model store, labelled with its registry version and lineage."""
     import mlflow
 
@@ -51,21 +66,27 @@ def import_champion(client: Any, name: str) -> Any:
     version = registry.champion_version(client, name)
     if version is None:
         raise PipelineError(f"'{name}' has no champion yet: run `make promote` first")
+    # The request schema and limits are part of the packaged model: a contract edit repackages.
+    spec_hash = tracking.params_hash([request_fields(params), params["serving"].get("limits")])
     for existing in bentoml.models.list():
         if existing.tag.name != serving.MODEL_NAME:
             continue
         labels = existing.info.labels
-        if labels.get("run_id") == version.run_id and labels.get("registry_version") == str(version.version):
+        same_model = labels.get("run_id") == version.run_id and labels.get("registry_version") == str(
+            version.version
+        )
+        if same_model and labels.get("serving_spec") == spec_hash:
             return existing
     run = client.get_run(version.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=tmp))
         mlmodel = yaml.safe_load((local / "MLmodel").read_text())
-        meta = model_meta(version, run, mlmodel, version.tags.get("positive_class"))
+        meta = model_meta(version, run, mlmodel, version.tags.get("positive_class"), params)
         labels = {
             "registered_model": name,
             "registry_version": str(version.version),
             "run_id": version.run_id,
+            "serving_spec": spec_hash,
             **{k.replace("lineage.", ""): v for k, v in meta["lineage"].items()},
         }
         with bentoml.models.create(
@@ -88,7 +109,7 @@ def package(root: Path, params: dict) -> dict[str, Any]:
     tracking.use_experiment(
         params["tracking"]["experiment"], tracking.store_dir(root, params["tracking"]["store"])
     )
-    model = import_champion(mlflow.MlflowClient(), params["promote"]["registered_model"])
+    model = import_champion(mlflow.MlflowClient(), params["promote"]["registered_model"], params)
     labels = {k: v for k, v in model.info.labels.items() if k in ("registry_version", "run_id", "git_commit")}
     bento = bentoml.bentos.build_bentofile(str(root / "bentofile.yaml"), build_ctx=str(root), labels=labels)
     record = {

@@ -1,6 +1,8 @@
-"""What the BentoML service needs: load a packaged model, turn records into predictions.
+"""What the BentoML service needs: a packaged model, its request schema, and its answers.
 
-Kept free of MLflow and DVC so that a bento carries only scikit-learn, pandas and skops.
+Kept free of MLflow, DVC and pandera, so that a bento carries only scikit-learn, pandas, skops
+and pydantic. The request schema is generated from the data contract's field specs, which
+`make package` writes into the model's meta.json.
 """
 
 from __future__ import annotations
@@ -9,14 +11,74 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 MODEL_NAME = "tabular-champion"  # the champion's name in the BentoML model store
 MODEL_FILE = "model.skops"
 META_FILE = "meta.json"
+DEFAULT_LIMITS = {
+    "max_records": 1000,
+    "max_body_bytes": 1_048_576,
+    "max_string_length": 256,
+    "max_queue_rows": 4096,
+}
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / META_FILE).read_text())
+
+
+def _field_type(spec: dict[str, Any], max_string_length: int) -> Any:
+    """A pydantic type that enforces one contract column: its type, range and allowed values."""
+    kind = spec["type"]
+    bounds = {k: v for k, v in (("ge", spec.get("minimum")), ("le", spec.get("maximum"))) if v is not None}
+    if kind == "integer":
+        return Annotated[int, Field(strict=True, **bounds)]
+    if kind == "number":
+        return Annotated[float, Field(allow_inf_nan=False, **bounds)]
+    if kind == "boolean":
+        return Annotated[bool, Field(strict=True)]
+    if spec.get("allowed"):
+        return Literal[tuple(spec["allowed"])]
+    return Annotated[str, StringConstraints(max_length=max_string_length)]
+
+
+def record_model(
+    fields: dict[str, dict], optional: dict[str, dict], max_string_length: int
+) -> type[BaseModel]:
+    """One record: every feature, required unless nullable; the optional (id) columns; no others."""
+    definitions: dict[str, Any] = {}
+    for name, spec in fields.items():
+        kind = _field_type(spec, max_string_length)
+        definitions[name] = (kind | None, None) if spec["nullable"] else (kind, ...)
+    for name, spec in optional.items():
+        definitions[name] = (_field_type(spec, max_string_length) | None, None)
+    return create_model(
+        "Record",
+        __config__=ConfigDict(extra="forbid", strict=False, allow_inf_nan=False),
+        **definitions,
+    )
+
+
+def request_model(record: type[BaseModel], max_records: int) -> type[BaseModel]:
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        records=(Annotated[list[record], Field(min_length=1, max_length=max_records)], ...),
+    )
+
+
+class PredictResponse(BaseModel):
+    request_id: str
+    model_version: str
+    predictions: list[Any]
+    probabilities: list[dict[str, float]] | None = Field(
+        default=None, description="per record, each class's probability (classification only)"
+    )
 
 
 @dataclass(frozen=True)
@@ -34,7 +96,7 @@ def load(path: str | Path) -> LoadedModel:
     import skops.io
 
     path = Path(path)
-    meta = json.loads((path / META_FILE).read_text())
+    meta = read_meta(path)
     model = skops.io.load(path / MODEL_FILE, trusted=meta["trusted_types"])
     classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
     return LoadedModel(
@@ -48,7 +110,7 @@ def load(path: str | Path) -> LoadedModel:
 
 
 def frame(records: list[dict[str, Any]], features: list[str]) -> pd.DataFrame:
-    """Records as the model's input frame, in the model's column order."""
+    """Records as the model's input frame, in the model's column order (extra keys dropped)."""
     return pd.DataFrame.from_records(records, columns=features)
 
 
@@ -56,17 +118,29 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def predict(loaded: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Predictions (and class probabilities for classification) with the model version."""
+def answer(
+    loaded: LoadedModel, records: list[dict[str, Any]]
+) -> tuple[list[Any], list[dict[str, float]] | None]:
+    """Predictions, and class probabilities for classification, one per record."""
     X = frame(records, loaded.features)
-    result: dict[str, Any] = {"model_version": loaded.version, "request_id": uuid.uuid4().hex}
-    if loaded.task == "classification":
-        proba = loaded.model.predict_proba(X)
-        labels = np.asarray(loaded.classes, dtype=object)[proba.argmax(axis=1)]
-        result["predictions"] = [_plain(v) for v in labels]
-        result["probabilities"] = [
-            {str(c): round(float(p), 6) for c, p in zip(loaded.classes, row, strict=True)} for row in proba
-        ]
-    else:
-        result["predictions"] = [float(v) for v in loaded.model.predict(X)]
+    if loaded.task != "classification":
+        return [float(v) for v in loaded.model.predict(X)], None
+    proba = loaded.model.predict_proba(X)
+    labels = np.asarray(loaded.classes, dtype=object)[proba.argmax(axis=1)]
+    probabilities = [
+        {str(c): round(float(p), 6) for c, p in zip(loaded.classes, row, strict=True)} for row in proba
+    ]
+    return [_plain(v) for v in labels], probabilities
+
+
+def predict(loaded: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The full answer to one request, as the service returns it."""
+    predictions, probabilities = answer(loaded, records)
+    result: dict[str, Any] = {
+        "model_version": loaded.version,
+        "request_id": uuid.uuid4().hex,
+        "predictions": predictions,
+    }
+    if probabilities is not None:
+        result["probabilities"] = probabilities
     return result

@@ -27,6 +27,8 @@ def test_bentofile_includes_what_the_service_imports():
     imported = set(re.findall(r"^from pipelines import (\w+)", service, re.M))
     assert imported, "service.py imports nothing from pipelines/"
     for module in imported:
-        assert f"pipelines/{module}.py" in bentofile["include"]
-    serving = (REPO / "pipelines" / "serving.py").read_text()
-    assert "import mlflow" not in serving and "from pipelines" not in serving
+        assert f"/pipelines/{module}.py" in bentofile["include"]
+    for module in ("serving", "http"):
+        source = (REPO / "pipelines" / f"{module}.py").read_text()
+        assert not re.search(r"^\s*(import|from)\s+(mlflow|pandera|dvc)\b", source, re.M)
+        assert re.findall(r"^from pipelines import (\w+)", source, re.M) in ([], ["serving"])

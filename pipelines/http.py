@@ -1,0 +1,278 @@
+"""The service's HTTP face: strict parsing, API keys, body limit, load shedding, batching, logging.
+
+Every refusal is a 4xx (or 503 when overloaded) with a JSON body that names the field and the
+problem, never a stack trace and never the caller's input. The app is FastAPI, mounted into the
+BentoML service, so BentoML's /docs.json, /livez, /readyz and /metrics cover it.
+"""
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from pipelines import serving
+
+log = logging.getLogger("tabular_mlops.service")
+PREDICT_PATH = "/predict"
+
+
+def error(status: int, kind: str, message: str, field: str | None = None, **headers: str) -> JSONResponse:
+    body: dict[str, Any] = {"error": kind, "message": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+class Overloaded(Exception):
+    """More rows are waiting for the model than the service accepts."""
+
+
+class ApiKeys:
+    """Bearer keys from API_KEY (comma-separated) or the file named by API_KEY_FILE (one per line)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._keys = [k.encode() for k in keys if k]
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "ApiKeys":
+        env = dict(os.environ if env is None else env)
+        if env.get("API_KEY_FILE"):
+            return cls([line.strip() for line in Path(env["API_KEY_FILE"]).read_text().splitlines()])
+        return cls([k.strip() for k in env.get("API_KEY", "").split(",")])
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def allows(self, token: str | None) -> bool:
+        if not self._keys:
+            return True
+        given = (token or "").encode()
+        # Compare with every key, in constant time, so timing reveals neither key nor match.
+        matches = [hmac.compare_digest(given, key) for key in self._keys]
+        return any(matches)
+
+
+class Batcher:
+    """Natural micro-batching: requests that arrive while the model is busy share its next call.
+
+    No fixed wait: a lone request runs at once; under load, batches grow by themselves. Past
+    `max_queue_rows` waiting rows, new requests are refused at once (load shedding).
+    """
+
+    def __init__(self, fn: Callable[[list[dict]], tuple[list, list | None]], max_queue_rows: int) -> None:
+        self.fn = fn
+        self.max_queue_rows = max_queue_rows
+        self.pending_rows = 0
+        self._queue: asyncio.Queue | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    async def submit(self, rows: list[dict]) -> tuple[list, list | None]:
+        if self.pending_rows + len(rows) > self.max_queue_rows:
+            raise Overloaded
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            asyncio.get_running_loop().create_task(self._run())
+        future = asyncio.get_running_loop().create_future()
+        self.pending_rows += len(rows)
+        await self._queue.put((rows, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            rows = [row for items, _ in batch for row in items]
+            try:
+                predictions, probabilities = await loop.run_in_executor(self._pool, self.fn, rows)
+            except Exception as exc:
+                for _, future in batch:
+                    future.set_exception(exc)
+            else:
+                start = 0
+                for items, future in batch:
+                    end = start + len(items)
+                    future.set_result(
+                        (predictions[start:end], probabilities[start:end] if probabilities else None)
+                    )
+                    start = end
+            finally:
+                self.pending_rows -= len(rows)
+
+
+class BodyGuard:
+    """ASGI middleware: POST bodies must be JSON and no larger than `max_bytes` (else 415 / 413).
+
+    It buffers the body (bounded) and replays it, so an oversized body never reaches the parser.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            return await error(415, "unsupported_media_type", "send the body as application/json")(
+                scope, receive, send
+            )
+        too_large = error(413, "body_too_large", f"the body exceeds {self.max_bytes} bytes")
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await too_large(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await too_large(scope, receive, send)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+
+        async def replay() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+def _field(loc: tuple) -> str:
+    """`records.0.tenure` from pydantic's location, without the `body` prefix."""
+    return ".".join(str(part) for part in loc if part != "body")
+
+
+def validation_response(exc: RequestValidationError) -> JSONResponse:
+    """One 4xx naming the first problem's field; pydantic's `input` is dropped, never echoed."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"type": "invalid", "loc": (), "msg": "invalid request"}
+    if first["type"] == "json_invalid":
+        return error(400, "malformed_json", "the body is not valid JSON")
+    if first["type"] == "missing" and tuple(first["loc"]) == ("body",):
+        return error(400, "empty_body", 'the body is empty; send {"records": [...]}')
+    problems = [{"field": _field(e["loc"]), "problem": e["msg"]} for e in errors[:20]]
+    body = {
+        "error": "invalid_request",
+        "message": first["msg"],
+        "field": _field(first["loc"]),
+        "problems": problems,
+    }
+    return JSONResponse(body, status_code=422)
+
+
+class Engine:
+    """One worker's model, batcher, keys and prediction log."""
+
+    def __init__(self, loaded: serving.LoadedModel, keys: ApiKeys, monitor: Callable | None = None) -> None:
+        self.loaded = loaded
+        self.keys = keys
+        self.monitor = monitor
+        limits = loaded.meta.get("limits", serving.DEFAULT_LIMITS)
+        self.batcher = Batcher(lambda rows: serving.answer(loaded, rows), limits["max_queue_rows"])
+
+
+def create_app(meta: dict[str, Any], engine_ref: Callable[[], Engine]) -> Any:
+    """The FastAPI app for one packaged model; `engine_ref` gives the worker's loaded engine."""
+    limits = {**serving.DEFAULT_LIMITS, **meta.get("limits", {})}
+    record = serving.record_model(
+        meta["fields"], meta.get("optional_fields", {}), limits["max_string_length"]
+    )
+    body_model = serving.request_model(record, limits["max_records"])
+    bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+    app = FastAPI(title="tabular-mlops", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_response(exc)
+
+    @app.exception_handler(Exception)
+    async def failed(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("prediction failed")
+        return error(500, "internal_error", "the service failed; the request id is in the logs")
+
+    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        token = credentials.credentials if credentials else None
+        if not engine_ref().keys.allows(token):
+            raise _Unauthorized
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(_: Request, __: Exception) -> JSONResponse:
+        return error(401, "unauthorized", "a valid API key is required", **{"WWW-Authenticate": "Bearer"})
+
+    error_doc = {"description": "refused: the body names the field and the problem"}
+
+    @app.post(
+        PREDICT_PATH,
+        response_model=serving.PredictResponse,
+        response_model_exclude_none=True,
+        dependencies=[Depends(authorized)],
+        responses={code: error_doc for code in (400, 401, 413, 415, 422)}
+        | {503: {"description": "overloaded; retry after Retry-After seconds"}},
+        summary="Predict for 1..N records given in the raw data's column names",
+    )
+    async def predict(body: body_model) -> Any:  # type: ignore[valid-type]
+        engine = engine_ref()
+        started = time.perf_counter()
+        rows = [r.model_dump() for r in body.records]
+        try:
+            predictions, probabilities = await engine.batcher.submit(rows)
+        except Overloaded:
+            return error(
+                503, "overloaded", "too many rows are waiting; retry shortly", **{"Retry-After": "1"}
+            )
+        request_id = uuid.uuid4().hex
+        latency_ms = (time.perf_counter() - started) * 1000
+        if engine.monitor is not None:
+            engine.monitor(request_id, engine.loaded.version, rows, predictions, probabilities, latency_ms)
+        answer = {
+            "request_id": request_id,
+            "model_version": engine.loaded.version,
+            "predictions": predictions,
+        }
+        if probabilities is not None:
+            answer["probabilities"] = probabilities
+        return answer
+
+    @app.get("/metadata", dependencies=[Depends(authorized)], responses={401: error_doc})
+    async def metadata() -> dict[str, Any]:
+        """The served model's version, lineage tags and metrics."""
+        loaded = engine_ref().loaded
+        keys = (
+            "version",
+            "registered_model",
+            "run_id",
+            "candidate",
+            "task",
+            "positive_class",
+            "lineage",
+            "metrics",
+        )
+        return {
+            **{k: loaded.meta.get(k) for k in keys},
+            "features": loaded.features,
+            "classes": loaded.classes,
+        }
+
+    app.add_middleware(BodyGuard, max_bytes=limits["max_body_bytes"])
+    return app
+
+
+class _Unauthorized(Exception):
+    pass
