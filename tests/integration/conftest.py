@@ -30,13 +30,13 @@ DATA_OUTPUTS = (
 def lock_out_md5s(root: Path) -> dict[str, str]:
     """path -> md5 of every stage output recorded in dvc.lock."""
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    return {
-        out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])
-    }
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
 
 def metrics_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "metrics").rglob("*.json"))}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "metrics").rglob("*.json"))
+    }
 
 
 def md5(path: Path) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pytest
@@ -131,9 +131,10 @@ def test_push_and_pull_restore_identical_data(default_project: Project, tmp_path
     run(["git", "clone", "-q", str(root), str(clone)], tmp_path, check=True)
     assert not (clone / "data" / "raw" / "snapshot.parquet").exists()
     run(["dvc", "pull"], clone, timeout=600, check=True)
-    paths = ["data/raw/snapshot.parquet"] + sorted(
+    processed = sorted(
         p.relative_to(root).as_posix() for p in (root / "data" / "processed").glob("*.parquet")
     )
+    paths = ["data/raw/snapshot.parquet", *processed]
     assert len(paths) >= 3
     for name in paths:
         assert (clone / name).read_bytes() == (root / name).read_bytes(), name
@@ -172,7 +173,9 @@ def test_temp_experiment_logs_into_the_project_store(default_project: Project) -
         if isinstance(node, dict):
             if node.get("name") and isinstance(node.get("data"), dict):
                 params = node["data"].get("params", {}).get("params.yaml", {}).get("data", {})
-                found[node["name"]] = params.get("train", {}).get("candidates", {}).get(key, {}).get("params", {}).get("C")
+                found[node["name"]] = (
+                    params.get("train", {}).get("candidates", {}).get(key, {}).get("params", {}).get("C")
+                )
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -236,15 +239,51 @@ def _extra_column(frame: pd.DataFrame, path: Path) -> None:
 BAD_INPUTS = [
     BadInput("empty source file", "ingest", ["telco_churn.csv", "empty"], source=_empty),
     BadInput("header-only CSV", "ingest", ["telco_churn.csv", "no rows"], source=_header_only),
-    BadInput("missing target column", "validate", ["'churn'", "not a column"], source=_without_target, ingest_passes=True),
-    BadInput("wrong type", "validate", ["'tenure'", "wrong type", "int64"], source=_text_in_numbers, ingest_passes=True),
-    BadInput("unknown column", "validate", ["'loyalty_points'", "not in the contract"], source=_extra_column, ingest_passes=True),
-    BadInput("unknown task", "validate", ["data.task", "'clustering'", "unknown"], params=_set("data.task", "clustering")),
-    BadInput("target not a column", "validate", ["data.target", "'churned'", "not a column"], params=_set("data.target", "churned")),
-    BadInput("unknown model", "train-logreg", ["train.candidates.logreg.model", "'xgboost'", "unknown"],
-             params=_set("train.candidates.logreg.model", "xgboost")),
-    BadInput("bad hyperparameter", "train-logreg", ["train.candidates.logreg.params", "'C'"],
-             params=_set("train.candidates.logreg.params.C", -1.0)),
+    BadInput(
+        "missing target column",
+        "validate",
+        ["'churn'", "not a column"],
+        source=_without_target,
+        ingest_passes=True,
+    ),
+    BadInput(
+        "wrong type",
+        "validate",
+        ["'tenure'", "wrong type", "int64"],
+        source=_text_in_numbers,
+        ingest_passes=True,
+    ),
+    BadInput(
+        "unknown column",
+        "validate",
+        ["'loyalty_points'", "not in the contract"],
+        source=_extra_column,
+        ingest_passes=True,
+    ),
+    BadInput(
+        "unknown task",
+        "validate",
+        ["data.task", "'clustering'", "unknown"],
+        params=_set("data.task", "clustering"),
+    ),
+    BadInput(
+        "target not a column",
+        "validate",
+        ["data.target", "'churned'", "not a column"],
+        params=_set("data.target", "churned"),
+    ),
+    BadInput(
+        "unknown model",
+        "train-logreg",
+        ["train.candidates.logreg.model", "'xgboost'", "unknown"],
+        params=_set("train.candidates.logreg.model", "xgboost"),
+    ),
+    BadInput(
+        "bad hyperparameter",
+        "train-logreg",
+        ["train.candidates.logreg.params", "'C'"],
+        params=_set("train.candidates.logreg.params.C", -1.0),
+    ),
 ]
 
 LOCK_BUG = (

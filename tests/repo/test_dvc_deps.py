@@ -76,7 +76,9 @@ def notebook_code(path: Path) -> str:
             continue
         source = "".join(cell["source"])
         # IPython magics and shell escapes are not Python; drop them before parsing.
-        code.append("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+        code.append(
+            "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        )
     return "\n\n".join(code)
 
 
@@ -133,8 +135,12 @@ def test_import_parser_follows_aliases_functions_and_relative_imports() -> None:
         "import pandas\n"
     )
     assert imported_files(code, "pipelines.x") == {
-        "pipelines/__init__.py", "pipelines/config.py", "pipelines/explore.py",
-        "pipelines/metrics.py", "pipelines/split.py", "pipelines/errors.py",
+        "pipelines/__init__.py",
+        "pipelines/config.py",
+        "pipelines/explore.py",
+        "pipelines/metrics.py",
+        "pipelines/split.py",
+        "pipelines/errors.py",
     }
     # models imports features, which imports errors: all three count.
     assert {"pipelines/features.py", "pipelines/errors.py"} <= transitive({"pipelines/models.py"})

@@ -36,7 +36,7 @@ def test_project_root_defaults_to_the_working_directory(
 
 
 def test_project_root_without_params_is_a_params_error(tmp_path: Path) -> None:
-    with pytest.raises(ParamsError, match="no params.yaml"):
+    with pytest.raises(ParamsError, match=r"no params\.yaml"):
         config.project_root(tmp_path)
 
 
@@ -121,9 +121,7 @@ def test_notebook_params_fill_missing_sections_and_work_from_the_root(
     assert Path.cwd() == tmp_path.resolve()
 
 
-def test_notebook_params_name_a_missing_section(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_notebook_params_name_a_missing_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "params.yaml").write_text("seed: 7\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ParamsError, match="no section 'tracking'"):

@@ -96,7 +96,7 @@ def test_load_or_infer_infers_once_then_loads(tmp_path: Path, frame: pd.DataFram
 
 @pytest.mark.xfail(
     reason="BUG contract.load_contract: pandera's from_yaml treats a Path that does not exist as a "
-    "stream, so the FileNotFoundError branch never runs and the message reads \"cannot be read: "
+    'stream, so the FileNotFoundError branch never runs and the message reads "cannot be read: '
     "'PosixPath' object has no attribute 'read'\"",
     strict=True,
 )

@@ -101,7 +101,7 @@ def test_positive_label_as_configured() -> None:
     assert metrics.positive_label(labels, "No") == "No"
     # params.yaml may spell an integer label as text, or the other way round.
     assert metrics.positive_label(pd.Series([0, 0, 1]), "0") == 0
-    with pytest.raises(ParamsError, match="data.positive_class 'Maybe' is not a value"):
+    with pytest.raises(ParamsError, match=r"data\.positive_class 'Maybe' is not a value"):
         metrics.positive_label(labels, "Maybe")
 
 
@@ -135,14 +135,23 @@ def test_cross_validated_scores_are_seeded() -> None:
 def test_plot_frames_for_classification() -> None:
     model, X, y = _fitted_classifier()
     frames = metrics.plot_frames(
-        model, X, y, task="classification", positive="churned",
-        importance={"importance_repeats": 2, "importance_max_rows": 50}, seed=0,
+        model,
+        X,
+        y,
+        task="classification",
+        positive="churned",
+        importance={"importance_repeats": 2, "importance_max_rows": 50},
+        seed=0,
     )
     assert set(frames) == {"roc", "precision_recall", "confusion", "residuals", "importance"}
     roc = frames["roc"]
     assert roc["fpr"].iloc[0] == 0 and roc["tpr"].iloc[-1] == 1
     assert len(frames["confusion"]) == len(X)
-    assert frames["residuals"].empty and list(frames["residuals"].columns) == ["actual", "predicted", "residual"]
+    assert frames["residuals"].empty and list(frames["residuals"].columns) == [
+        "actual",
+        "predicted",
+        "residual",
+    ]
     importance = frames["importance"]
     assert importance["feature"].iloc[0] == "a"  # the informative column ranks first
     assert importance["importance"].is_monotonic_decreasing
@@ -155,8 +164,13 @@ def test_plot_frames_for_regression() -> None:
     y = pd.Series(2 * X["a"] + 1)
     model = LinearRegression().fit(X, y)
     frames = metrics.plot_frames(
-        model, X, y, task="regression", positive=None,
-        importance={"importance_repeats": 1, "importance_max_rows": 100}, seed=0,
+        model,
+        X,
+        y,
+        task="regression",
+        positive=None,
+        importance={"importance_repeats": 1, "importance_max_rows": 100},
+        seed=0,
     )
     assert frames["roc"].empty and frames["confusion"].empty
     assert len(frames["residuals"]) == 30

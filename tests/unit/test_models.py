@@ -113,7 +113,7 @@ def test_candidate_spec() -> None:
     candidates = {"a": {"model": "ridge"}, "b": {"model": "random_forest"}}
     assert models.candidate_spec(candidates, None) == ("a", {"model": "ridge"})
     assert models.candidate_spec(candidates, "b") == ("b", {"model": "random_forest"})
-    with pytest.raises(ParamsError, match="candidate 'c' is not in train.candidates"):
+    with pytest.raises(ParamsError, match=r"candidate 'c' is not in train\.candidates"):
         models.candidate_spec(candidates, "c")
     with pytest.raises(ParamsError, match="empty"):
         models.candidate_spec({}, None)
@@ -130,8 +130,12 @@ def test_candidate_spec() -> None:
 def test_classifier_pipeline_handles_gaps_and_unseen_categories(train, unseen, model, params) -> None:
     X, y = train
     pipeline = models.build_pipeline(
-        "c", {"model": model, "params": params}, features=X, feature_params=FEATURE_PARAMS,
-        task="classification", seed=0,
+        "c",
+        {"model": model, "params": params},
+        features=X,
+        feature_params=FEATURE_PARAMS,
+        task="classification",
+        seed=0,
     )
     models.fit(pipeline, X, y, "c")
     proba = pipeline.predict_proba(unseen)
@@ -143,15 +147,22 @@ def test_classifier_pipeline_handles_gaps_and_unseen_categories(train, unseen, m
 
 @pytest.mark.parametrize(
     ("model", "params"),
-    [("ridge", {"alpha": 1.0}), ("random_forest", {"n_estimators": 10}), ("hist_gradient_boosting", {"max_iter": 20})],
+    [
+        ("ridge", {"alpha": 1.0}),
+        ("random_forest", {"n_estimators": 10}),
+        ("hist_gradient_boosting", {"max_iter": 20}),
+    ],
 )
 def test_regressor_pipeline_handles_gaps_and_unseen_categories(train, unseen, model, params) -> None:
     X, _ = train
     y = X["num"].fillna(0) * 3 + X["count"]
     pipeline = models.build_pipeline(
-        "r", {"model": model, "params": params}, features=X,
+        "r",
+        {"model": model, "params": params},
+        features=X,
         feature_params={"numeric_imputer": "mean", "scale": False, "max_categories": 5},
-        task="regression", seed=0,
+        task="regression",
+        seed=0,
     )
     models.fit(pipeline, X, y, "r")
     predicted = pipeline.predict(unseen)

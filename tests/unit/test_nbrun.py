@@ -22,7 +22,10 @@ def test_other_errors_name_the_type_and_where_the_traceback_is() -> None:
 
 
 def test_empty_error_value() -> None:
-    assert nbrun.failure_line("split", "KeyError", "", "r.ipynb") == "ERROR split: KeyError:  (traceback in r.ipynb)"
+    assert (
+        nbrun.failure_line("split", "KeyError", "", "r.ipynb")
+        == "ERROR split: KeyError:  (traceback in r.ipynb)"
+    )
     assert nbrun.failure_line("split", "DataError", "\n\n", "r.ipynb") == "ERROR split: "
 
 
@@ -30,7 +33,8 @@ def test_error_names_match_the_error_classes() -> None:
     from pipelines import errors
 
     assert set(nbrun.ERROR_NAMES) == {
-        name for name, value in vars(errors).items()
+        name
+        for name, value in vars(errors).items()
         if isinstance(value, type) and issubclass(value, errors.PipelineError)
     }
 

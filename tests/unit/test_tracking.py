@@ -50,7 +50,11 @@ def test_file_md5_equals_hashlib(tmp_path: Path, size: int) -> None:
 
 def test_params_hash_is_stable_and_sensitive() -> None:
     a = {"candidate": {"model": "ridge", "params": {"alpha": 1.0}}, "seed": 42, "data": {"ignore": ["id"]}}
-    reordered = {"seed": 42, "data": {"ignore": ["id"]}, "candidate": {"params": {"alpha": 1.0}, "model": "ridge"}}
+    reordered = {
+        "seed": 42,
+        "data": {"ignore": ["id"]},
+        "candidate": {"params": {"alpha": 1.0}, "model": "ridge"},
+    }
     assert tracking.params_hash(a) == tracking.params_hash(reordered)
     changed = {**a, "candidate": {"model": "ridge", "params": {"alpha": 2.0}}}
     assert tracking.params_hash(changed) != tracking.params_hash(a)
@@ -81,10 +85,14 @@ def test_flatten() -> None:
 def _git(cwd: Path, *args: str) -> str:
     env = {
         **os.environ,
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
     }
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_lineage_tags(tmp_path: Path) -> None:
@@ -102,9 +110,7 @@ def test_lineage_tags(tmp_path: Path) -> None:
     }
 
 
-def test_git_commit_outside_a_repository_is_unknown(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_git_commit_outside_a_repository_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "not-a-repo"
     folder.mkdir()
     # GIT_CEILING_DIRECTORIES keeps git from finding a repository above tmp_path.
