@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from champion_support import project, train_candidate  # noqa: F401 - fixture
-from pipelines import promote, serving
+from pipelines import contract, promote, serving
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -70,10 +70,14 @@ def stop(proc):
 def packaged(project, monkeypatch):
     """A promoted champion, packaged into a bento built from the project's bentofile."""
     root, params = project
-    for name in ("bentofile.yaml", "service.py", "pipelines/__init__.py", "pipelines/serving.py"):
+    included = [p.lstrip("/") for p in yaml.safe_load((REPO / "bentofile.yaml").read_text())["include"]]
+    for name in ("bentofile.yaml", *included):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     params["serving"] = {"bentoml_home": str(root / "bentoml")}
+    params["paths"]["contract"] = str(root / "contract.yaml")
+    frame = pd.read_parquet(params["paths"]["train"])
+    contract.save_contract(contract.infer_contract(frame, "label", max_categories=50, null_tolerance=0.05), params["paths"]["contract"])
     params["paths"]["bento"] = str(root / "bento.json")
     monkeypatch.delenv("BENTOML_HOME", raising=False)
     monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "true")
