@@ -8,6 +8,7 @@ by role in the engine, so a shadow or canary challenger can be loaded beside the
 from __future__ import annotations
 
 import logging
+import os
 
 from threadpoolctl import threadpool_limits
 
@@ -44,7 +45,8 @@ def log_predictions(request_id, version, rows, predictions, probabilities, laten
 @bentoml.service(
     name="tabular-mlops",
     traffic={"timeout": 30, "max_concurrency": 512},
-    monitoring={"enabled": True, "type": "default"},
+    # The prediction log: <dir>/predictions/data/data.<worker>.log, one JSON line per record.
+    monitoring={"enabled": True, "type": "default", "options": {"log_path": os.environ.get("PREDICTION_LOG_DIR", "monitoring")}},
 )
 @bentoml.asgi_app(app)
 class Predictor:
