@@ -25,6 +25,7 @@ from pipelines import serving
 
 log = logging.getLogger("tabular_mlops.service")
 PREDICT_PATH = "/predict"
+DRAIN_LIMIT = 64 * 1024 * 1024
 
 
 def error(status: int, kind: str, message: str, field: str | None = None, **headers: str) -> JSONResponse:
@@ -119,9 +120,10 @@ class BodyGuard:
     It buffers the body (bounded) and replays it, so an oversized body never reaches the parser.
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, count: Callable[[str], None]) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.count = count
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -129,13 +131,13 @@ class BodyGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/json":
+            self.count("unsupported_media_type")
             return await error(415, "unsupported_media_type", "send the body as application/json")(
                 scope, receive, send
             )
-        too_large = error(413, "body_too_large", f"the body exceeds {self.max_bytes} bytes")
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_bytes:
-            return await too_large(scope, receive, send)
+            return await self.too_large(scope, receive, send)
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -144,7 +146,7 @@ class BodyGuard:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                return await too_large(scope, receive, send)
+                return await self.too_large(scope, receive, send)
             more = message.get("more_body", False)
         body = b"".join(chunks)
 
@@ -152,6 +154,31 @@ class BodyGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
+
+    async def too_large(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """413, after reading (and dropping) what the client sends up to a bound, so that it sees
+        the answer instead of a reset connection; a body past the bound is cut off."""
+        self.count("body_too_large")
+        drained, more = 0, True
+        while more and drained < DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            drained += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        await error(413, "body_too_large", f"the body exceeds {self.max_bytes} bytes")(scope, receive, send)
+
+
+def current_request_id() -> str:
+    """BentoML's id of the request being served: the same id its prediction log and traces carry."""
+    try:
+        from bentoml._internal.context import trace_context
+
+        if trace_context.request_id is not None:
+            return str(trace_context.request_id)
+    except ImportError:  # outside BentoML (unit tests): any unique id will do
+        pass
+    return uuid.uuid4().hex
 
 
 def _field(loc: tuple) -> str:
@@ -178,14 +205,29 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
 
 
 class Engine:
-    """One worker's model, batcher, keys and prediction log."""
+    """One worker's model, batcher, keys, metrics and prediction log."""
 
     def __init__(self, loaded: serving.LoadedModel, keys: ApiKeys, monitor: Callable | None = None) -> None:
+        # Imported here, in the worker: BentoML sets PROMETHEUS_MULTIPROC_DIR after importing the service.
+        import prometheus_client
+
         self.loaded = loaded
         self.keys = keys
         self.monitor = monitor
-        limits = loaded.meta.get("limits", serving.DEFAULT_LIMITS)
+        limits = {**serving.DEFAULT_LIMITS, **loaded.meta.get("limits", {})}
         self.batcher = Batcher(lambda rows: serving.answer(loaded, rows), limits["max_queue_rows"])
+        self.outcomes = prometheus_client.Counter(
+            "tabular_predictions_total", "Prediction requests by outcome", ["outcome"]
+        )
+        self.records = prometheus_client.Counter("tabular_predicted_records_total", "Records answered")
+        self.latency = prometheus_client.Histogram(
+            "tabular_predict_latency_seconds",
+            "Time from a valid request to its answer (queue and model)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+    def count(self, outcome: str) -> None:
+        self.outcomes.labels(outcome=outcome).inc()
 
 
 def create_app(meta: dict[str, Any], engine_ref: Callable[[], Engine]) -> Any:
@@ -198,13 +240,19 @@ def create_app(meta: dict[str, Any], engine_ref: Callable[[], Engine]) -> Any:
     bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
     app = FastAPI(title="tabular-mlops", docs_url=None, redoc_url=None, openapi_url=None)
 
+    def count(outcome: str) -> None:
+        engine_ref().count(outcome)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_response(exc)
+        response = validation_response(exc)
+        count("malformed" if response.status_code == 400 else "invalid")
+        return response
 
     @app.exception_handler(Exception)
     async def failed(_: Request, exc: Exception) -> JSONResponse:
         log.exception("prediction failed")
+        count("error")
         return error(500, "internal_error", "the service failed; the request id is in the logs")
 
     def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -214,6 +262,7 @@ def create_app(meta: dict[str, Any], engine_ref: Callable[[], Engine]) -> Any:
 
     @app.exception_handler(_Unauthorized)
     async def unauthorized(_: Request, __: Exception) -> JSONResponse:
+        count("unauthorized")
         return error(401, "unauthorized", "a valid API key is required", **{"WWW-Authenticate": "Bearer"})
 
     error_doc = {"description": "refused: the body names the field and the problem"}
@@ -237,8 +286,12 @@ def create_app(meta: dict[str, Any], engine_ref: Callable[[], Engine]) -> Any:
             return error(
                 503, "overloaded", "too many rows are waiting; retry shortly", **{"Retry-After": "1"}
             )
-        request_id = uuid.uuid4().hex
-        latency_ms = (time.perf_counter() - started) * 1000
+        request_id = current_request_id()
+        elapsed = time.perf_counter() - started
+        latency_ms = elapsed * 1000
+        engine.count("ok")
+        engine.records.inc(len(rows))
+        engine.latency.observe(elapsed)
         if engine.monitor is not None:
             engine.monitor(request_id, engine.loaded.version, rows, predictions, probabilities, latency_ms)
         answer = {
@@ -270,7 +323,7 @@ def create_app(meta: dict[str, Any], engine_ref: Callable[[], Engine]) -> Any:
             "classes": loaded.classes,
         }
 
-    app.add_middleware(BodyGuard, max_bytes=limits["max_body_bytes"])
+    app.add_middleware(BodyGuard, max_bytes=limits["max_body_bytes"], count=count)
     return app
 
 
