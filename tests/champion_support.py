@@ -4,6 +4,13 @@ Candidates are real scikit-learn pipelines whose quality is set by what their tr
 hides: a column blanked in training carries no signal, so hiding more makes a clearly worse model.
 """
 
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,9 +27,8 @@ def make_frame(n, seed):
     return pd.DataFrame({"id": np.arange(n), "x1": x1, "x2": x2, "color": color, "label": label})
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def new_project(tmp_path):
+    """Params and train/holdout data of a small classification project in `tmp_path`."""
     params = {
         "data": {"target": "label", "task": "classification", "ignore": ["id"], "positive_class": None},
         "paths": {
@@ -45,27 +51,82 @@ def project(tmp_path, monkeypatch):
     }
     dataio.write_parquet(make_frame(1500, 1), params["paths"]["train"])
     dataio.write_parquet(make_frame(1000, 2), params["paths"]["holdout"])
-    return tmp_path, params
+    return params
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path, new_project(tmp_path)
+
+
+def package_project(root, params, repo, limits=None):
+    """Copy what the bento needs into `root`, infer the data contract, and run `make package`'s
+    code in a subprocess (BentoML fixes its home at first import). Returns the package record."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from pipelines import contract
+
+    included = [p.lstrip("/") for p in yaml.safe_load((repo / "bentofile.yaml").read_text())["include"]]
+    for name in ("bentofile.yaml", *included):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(repo / name, root / name)
+    params["serving"] = {"bentoml_home": str(root / "bentoml"), "limits": limits or {}}
+    params["paths"]["contract"] = str(root / "contract.yaml")
+    params["paths"]["bento"] = str(root / "bento.json")
+    frame = pd.read_parquet(params["paths"]["train"])
+    schema = contract.infer_contract(frame, "label", max_categories=50, null_tolerance=0.05)
+    contract.save_contract(schema, params["paths"]["contract"])
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if k not in ("BENTOML_HOME", "MLFLOW_TRACKING_URI")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.package"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**env, "BENTOML_DO_NOT_TRACK": "true"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("PACKAGED tabular-mlops:")
+    return json.loads(Path(params["paths"]["bento"]).read_text())
 
 
 def train_candidate(params, hide, seed=0):
     """Train the single candidate with the `hide` columns blanked; log it as train.ipynb does."""
     import mlflow
 
-    data, paths = params["data"], params["paths"]
+    paths = params["paths"]
     frame = pd.read_parquet(paths["train"])
     for column in hide:
         frame[column] = 0.0 if column != "color" else "red"
     X, y = frame.drop(columns=["label", "id"]), frame["label"]
     spec = params["train"]["candidates"]["cand"]
-    model = models.fit(models.build_pipeline("cand", spec, features=X, feature_params={}, task="classification", seed=0), X, y, "cand")
+    model = models.fit(
+        models.build_pipeline("cand", spec, features=X, feature_params={}, task="classification", seed=0),
+        X,
+        y,
+        "cand",
+    )
     holdout = pd.read_parquet(paths["holdout"])
-    scores = metrics.score_model(model, holdout.drop(columns=["label", "id"]), holdout["label"], "classification", "yes")
+    scores = metrics.score_model(
+        model, holdout.drop(columns=["label", "id"]), holdout["label"], "classification", "yes"
+    )
     tracking.use_experiment(params["tracking"]["experiment"], tracking.Path(params["tracking"]["store"]))
     with mlflow.start_run() as run:
-        mlflow.set_tags({"lineage.git_commit": "test", "lineage.data_md5": "x", "lineage.params_hash": ",".join(hide)})
+        mlflow.set_tags(
+            {"lineage.git_commit": "test", "lineage.data_md5": "x", "lineage.params_hash": ",".join(hide)}
+        )
         uri = tracking.log_model(model, X.head(3))
-    dataio.write_json({"run_id": run.info.run_id, "model_uri": uri, "positive_class": "yes"}, f"{paths['models']}/cand/run.json")
+    dataio.write_json(
+        {"run_id": run.info.run_id, "model_uri": uri, "positive_class": "yes"},
+        f"{paths['models']}/cand/run.json",
+    )
     dataio.write_json(scores, f"{paths['metrics']}/holdout/cand.json")
     return scores
 
@@ -75,3 +136,48 @@ def champion(params):
 
     version = registry.champion_version(mlflow.MlflowClient(), params["promote"]["registered_model"])
     return str(version.version) if version else None
+
+
+# --- a real `bentoml serve` on 127.0.0.1 ---
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port, records, timeout=5, headers=None):
+    body = json.dumps({"records": records}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict", body, {"Content-Type": "application/json", **(headers or {})}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, json.loads(response.read())
+
+
+def serve(cmd, cwd, env, port, deadline=120):
+    """Start `bentoml serve`, wait until /readyz answers, and return the process."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"bentoml serve exited early:\n{proc.stdout.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise AssertionError("bentoml serve did not become ready in time")
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()

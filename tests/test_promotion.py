@@ -4,10 +4,10 @@ The candidates and the store come from tests/champion_support.py.
 """
 
 import pytest
+from champion_support import champion, project, train_candidate  # noqa: F401 - fixture
 
 from pipelines import promote, registry
 from pipelines.errors import PipelineError
-from champion_support import champion, project, train_candidate  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 
