@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import DATA_OUTPUTS, Project, lock_out_md5s, md5, metrics_files, mlflow_store
+from project_copy import DATA_OUTPUTS, Project, lock_out_md5s, md5, metrics_files, mlflow_store
 from support import TRACEBACK, error_lines, git_head, run, write_yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]

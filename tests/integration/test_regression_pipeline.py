@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPRO_TIMEOUT, mlflow_store
+from project_copy import REPRO_TIMEOUT, mlflow_store
 from support import TRACEBACK, copy_project, error_lines, read_yaml, regression_frame, run, write_yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
