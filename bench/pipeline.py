@@ -263,13 +263,14 @@ def run(
     timeout: float | None = None,
     monitor: float | None = None,
     time_v: bool = False,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Run `cmd` and time it. With `monitor`, poll the process tree every `monitor` seconds; with
     `time_v`, wrap it in /usr/bin/time -v for the kernel's view of the largest process' max RSS."""
     log.parent.mkdir(parents=True, exist_ok=True)
     time_file = log.with_suffix(".time")
     full = ["/usr/bin/time", "-v", "-o", str(time_file), *cmd] if time_v else cmd
-    idle = wait_for_idle(WAIT_IDLE)
+    idle = wait_for_idle(WAIT_IDLE) if wait else None
     busy0, own0 = cpu_busy_s(), own_cpu_s()
     with open(log, "w") as out:
         start = time.perf_counter()
@@ -388,6 +389,7 @@ def part_full(project: Path, logs: Path, runs: int, timeout: float) -> dict[str,
             timeout=timeout,
             monitor=0.2,
             time_v=True,
+            wait=True,
         )
         res["notebooks"] = report_timings(project)
         results.append(res)
@@ -419,7 +421,7 @@ def part_noop(project: Path, logs: Path, runs: int) -> dict[str, Any]:
     env = bench_env(project)
     results = []
     for i in range(runs):
-        res = run(dvc("repro"), project, env=env, log=logs / f"noop-{i}.log", timeout=300)
+        res = run(dvc("repro"), project, env=env, log=logs / f"noop-{i}.log", timeout=300, wait=i == 0)
         text = Path(res["log"]).read_text()
         res["ran_a_stage"] = "Running stage" in text
         results.append(res)
@@ -509,6 +511,7 @@ def part_overhead(project: Path, logs: Path, stages: list[str], runs: int, scrip
                 env=env,
                 log=logs / f"overhead-{stage}-nb-{i}.log",
                 timeout=1800,
+                wait=i == 0,
             )
             r_py = run(
                 [python, str(script)],
@@ -636,6 +639,7 @@ def part_scaling(
             timeout=timeout,
             monitor=0.5,
             time_v=True,
+            wait=True,
         )
         res["rows"] = info["rows"]
         res["data"] = info
@@ -936,8 +940,9 @@ def main(argv: list[str] | None = None) -> int:
         "--wait-idle",
         type=float,
         default=0,
-        help="before each measured command, wait up to this many seconds for other processes"
-        " to use < 0.3 cores (shared box); 0: do not wait",
+        help="before each full run, each scaling size, the no-op batch and each overhead stage,"
+        " wait up to this many seconds for other processes to use < 0.3 cores (shared box);"
+        " 0: do not wait",
     )
     args = ap.parse_args(argv)
     global WAIT_IDLE
