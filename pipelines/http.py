@@ -98,20 +98,22 @@ class Batcher:
                 batch.append(self._queue.get_nowait())
             rows = [row for items, _ in batch for row in items]
             try:
-                predictions, probabilities = await loop.run_in_executor(self._pool, self.fn, rows)
-            except Exception as exc:
-                for _, future in batch:
-                    future.set_exception(exc)
-            else:
-                start = 0
-                for items, future in batch:
-                    end = start + len(items)
-                    future.set_result(
-                        (predictions[start:end], probabilities[start:end] if probabilities else None)
-                    )
-                    start = end
+                outcome = await loop.run_in_executor(self._pool, self.fn, rows)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                outcome = exc
             finally:
                 self.pending_rows -= len(rows)
+            start = 0
+            for items, future in batch:
+                end = start + len(items)
+                if future.done():  # its caller went away (disconnect, timeout)
+                    pass
+                elif isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    predictions, probabilities = outcome
+                    future.set_result((predictions[start:end], probabilities[start:end] if probabilities else None))
+                start = end
 
 
 class BodyGuard:
@@ -145,9 +147,9 @@ class BodyGuard:
                 return None
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self.too_large(scope, receive, send)
             more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return await self.too_large(scope, receive, send, more=more)
         body = b"".join(chunks)
 
         async def replay() -> dict:
@@ -155,11 +157,11 @@ class BodyGuard:
 
         return await self.app(scope, replay, send)
 
-    async def too_large(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def too_large(self, scope: dict, receive: Callable, send: Callable, more: bool = True) -> None:
         """413, after reading (and dropping) what the client sends up to a bound, so that it sees
         the answer instead of a reset connection; a body past the bound is cut off."""
         self.count("body_too_large")
-        drained, more = 0, True
+        drained = 0
         while more and drained < DRAIN_LIMIT:
             message = await receive()
             if message["type"] == "http.disconnect":

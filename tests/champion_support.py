@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -157,14 +158,19 @@ def post(port, records, timeout=5, headers=None):
 
 
 def serve(cmd, cwd, env, port, deadline=120):
-    """Start `bentoml serve`, wait until /readyz answers, and return the process."""
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    """Start `bentoml serve`, wait until /readyz answers, and return the process.
+
+    Its output goes to a file (never an unread pipe, which would fill and stall the server).
+    """
+    import tempfile
+
+    log = tempfile.NamedTemporaryFile("w+", prefix="bentoml-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log_path = log.name
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise AssertionError(f"bentoml serve exited early:\n{proc.stdout.read()[-3000:]}")
+            raise AssertionError(f"bentoml serve exited early:\n{Path(log.name).read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
                 if r.status == 200:
@@ -172,7 +178,7 @@ def serve(cmd, cwd, env, port, deadline=120):
         except OSError:
             time.sleep(0.5)
     proc.terminate()
-    raise AssertionError("bentoml serve did not become ready in time")
+    raise AssertionError(f"bentoml serve did not become ready in time:\n{Path(log.name).read_text()[-3000:]}")
 
 
 def stop(proc):
