@@ -44,6 +44,7 @@ def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any, params: dic
     return {
         "fields": fields,
         "optional_fields": optional,
+        "target": params["data"]["target"],
         "limits": {**serving.DEFAULT_LIMITS, **(params["serving"].get("limits") or {})},
         "version": str(version.version),
         "registered_model": version.name,
@@ -67,7 +68,9 @@ def import_champion(client: Any, name: str, params: dict) -> Any:
     if version is None:
         raise PipelineError(f"'{name}' has no champion yet: run `make promote` first")
     # The request schema and limits are part of the packaged model: a contract edit repackages.
-    spec_hash = tracking.params_hash([request_fields(params), params["serving"].get("limits")])
+    spec_hash = tracking.params_hash(
+        [request_fields(params), params["serving"].get("limits"), params["data"]["target"]]
+    )
     for existing in bentoml.models.list():
         if existing.tag.name != serving.MODEL_NAME:
             continue

@@ -118,6 +118,17 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def answer_frame(loaded: LoadedModel, X: pd.DataFrame) -> tuple[list[Any], pd.DataFrame | None]:
+    """Predictions for a frame, and for classification a frame of `probability_<class>` columns."""
+    X = X[loaded.features]
+    if loaded.task != "classification":
+        return [float(v) for v in loaded.model.predict(X)], None
+    proba = loaded.model.predict_proba(X)
+    labels = np.asarray(loaded.classes, dtype=object)[proba.argmax(axis=1)]
+    columns = [f"probability_{c}" for c in loaded.classes]
+    return [_plain(v) for v in labels], pd.DataFrame(proba, columns=columns).round(6)
+
+
 def answer(
     loaded: LoadedModel, records: list[dict[str, Any]]
 ) -> tuple[list[Any], list[dict[str, float]] | None]:
@@ -144,3 +155,47 @@ def predict(loaded: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any
     if probabilities is not None:
         result["probabilities"] = probabilities
     return result
+
+
+def row_problems(frame: pd.DataFrame, fields: dict[str, dict], max_string_length: int) -> pd.Series:
+    """The service's record rules, vectorised over a frame: per row, the first problem or None.
+
+    Batch scoring uses this instead of validating rows one by one with the pydantic model; a
+    test checks that both refuse exactly the same rows.
+    """
+    problems = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+
+    def flag(mask: pd.Series, text: str) -> None:
+        problems.loc[mask & problems.isna()] = text
+
+    for name, spec in fields.items():
+        column = frame[name]
+        missing = column.isna()
+        if not spec["nullable"]:
+            flag(missing, f"{name}: missing, and the contract says not nullable")
+        present = ~missing
+        kind = spec["type"]
+        if kind in ("integer", "number"):
+            numbers = (
+                pd.to_numeric(column, errors="coerce")
+                if not pd.api.types.is_numeric_dtype(column)
+                else column
+            )
+            numbers = numbers.astype("float64")
+            flag(present & numbers.isna(), f"{name}: not a number")
+            flag(present & np.isinf(numbers), f"{name}: not a finite number")
+            if kind == "integer":
+                flag(present & numbers.notna() & (numbers % 1 != 0), f"{name}: not an integer")
+            if "minimum" in spec:
+                flag(present & (numbers < spec["minimum"]), f"{name}: below the minimum {spec['minimum']}")
+            if "maximum" in spec:
+                flag(present & (numbers > spec["maximum"]), f"{name}: above the maximum {spec['maximum']}")
+        elif kind == "string":
+            text = column.astype("string")
+            if spec.get("allowed"):
+                flag(present & ~text.isin(spec["allowed"]), f"{name}: not an allowed value")
+            else:
+                flag(
+                    present & (text.str.len() > max_string_length), f"{name}: longer than {max_string_length}"
+                )
+    return problems
