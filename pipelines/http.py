@@ -99,7 +99,7 @@ class Batcher:
             rows = [row for items, _ in batch for row in items]
             try:
                 outcome = await loop.run_in_executor(self._pool, self.fn, rows)
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+            except Exception as exc:
                 outcome = exc
             finally:
                 self.pending_rows -= len(rows)
