@@ -276,7 +276,7 @@ def test_overload_is_shed_fast_with_retry_after(server):
 
 def read_log(log_dir):
     rows = []
-    for path in sorted((Path(log_dir) / "predictions" / "data").glob("*.log*")):
+    for path in sorted((Path(log_dir) / "predictions").glob("*.jsonl")):
         rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return rows
 
