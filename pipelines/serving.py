@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -82,6 +82,65 @@ class PredictResponse(BaseModel):
 
 
 @dataclass(frozen=True)
+class ArrayPath:
+    """The fitted pipeline taken apart: each ColumnTransformer branch on plain arrays, then the
+    estimator. Same fitted objects, same numbers, without building a DataFrame per call."""
+
+    blocks: list[tuple[Any, list[str], Any]]  # (fitted transformer, its columns, numpy dtype)
+    estimator: Any
+
+    def transform(self, records: list[dict[str, Any]]) -> np.ndarray:
+        parts = []
+        for transformer, columns, dtype in self.blocks:
+            values = [[_missing_as_nan(r.get(c)) for c in columns] for r in records]
+            parts.append(transformer.transform(np.array(values, dtype=dtype)))
+        return np.hstack(parts)
+
+
+def _missing_as_nan(value: Any) -> Any:
+    return np.nan if value is None else value
+
+
+def array_path(model: Any) -> ArrayPath | None:
+    """The array path of a Pipeline(ColumnTransformer, estimator), or None for other shapes."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if not (
+        isinstance(model, Pipeline) and len(model.steps) == 2 and isinstance(model[0], ColumnTransformer)
+    ):
+        return None
+    blocks = []
+    for _, transformer, columns in model[0].transformers_:
+        if transformer == "drop" or len(columns) == 0:
+            continue
+        if transformer == "passthrough" or not isinstance(columns[0], str):
+            return None
+        blocks.append((_nameless(transformer), list(columns), float if _all_numeric(transformer) else object))
+    return ArrayPath(blocks=blocks, estimator=model[-1])
+
+
+def _nameless(transformer: Any) -> Any:
+    """A copy that takes plain arrays without warning: fitted on a frame, it would check names."""
+    import copy
+
+    clone = copy.deepcopy(transformer)
+    for step in [s for _, s in clone.steps] if hasattr(clone, "steps") else [clone]:
+        if hasattr(step, "feature_names_in_"):
+            del step.feature_names_in_
+    if hasattr(clone, "feature_names_in_"):
+        del clone.feature_names_in_
+    return clone
+
+
+def _all_numeric(transformer: Any) -> bool:
+    """Whether a fitted branch was fitted on numbers (its first step saw a float/int frame)."""
+    first = transformer.steps[0][1] if hasattr(transformer, "steps") else transformer
+    statistics = getattr(first, "statistics_", None)
+    return statistics is not None and np.asarray(statistics).dtype.kind in "fiu"
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     model: Any
     version: str
@@ -89,6 +148,7 @@ class LoadedModel:
     features: list[str]
     classes: list[Any] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    arrays: ArrayPath | None = None
 
 
 def load(path: str | Path) -> LoadedModel:
@@ -99,14 +159,50 @@ def load(path: str | Path) -> LoadedModel:
     meta = read_meta(path)
     model = skops.io.load(path / MODEL_FILE, trusted=meta["trusted_types"])
     classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
-    return LoadedModel(
+    loaded = LoadedModel(
         model=model,
         version=str(meta["version"]),
         task=meta["task"],
         features=list(model.feature_names_in_),
         classes=classes,
         meta=meta,
+        arrays=array_path(model),
     )
+    return loaded if _array_path_agrees(loaded) else replace(loaded, arrays=None)
+
+
+def probe_records(fields: dict[str, dict]) -> list[dict[str, Any]]:
+    """A few valid records spanning each field's range, allowed values and missing values."""
+    rows = []
+    for i in range(3):
+        row = {}
+        for name, spec in fields.items():
+            if spec.get("allowed"):
+                row[name] = spec["allowed"][i % len(spec["allowed"])]
+            elif spec["type"] in ("integer", "number"):
+                low, high = spec.get("minimum", 0), spec.get("maximum", 1)
+                value = low + (high - low) * i / 2
+                row[name] = int(round(value)) if spec["type"] == "integer" else float(value)
+            else:
+                row[name] = "x"
+            if spec["nullable"] and i == 2:
+                row[name] = None
+        rows.append(row)
+    return rows
+
+
+def _array_path_agrees(loaded: LoadedModel) -> bool:
+    """Use the array path only if it gives the DataFrame path's answers on probe records."""
+    if loaded.arrays is None or "fields" not in loaded.meta:
+        return False
+    rows = probe_records(loaded.meta["fields"])
+    via_frame = _scores(loaded.model, frame(rows, loaded.features), loaded.task)
+    via_arrays = _scores(loaded.arrays.estimator, loaded.arrays.transform(rows), loaded.task)
+    return bool(np.allclose(via_frame, via_arrays, rtol=0, atol=1e-9))
+
+
+def _scores(model: Any, X: Any, task: str) -> np.ndarray:
+    return model.predict_proba(X) if task == "classification" else model.predict(X)
 
 
 def frame(records: list[dict[str, Any]], features: list[str]) -> pd.DataFrame:
@@ -132,11 +228,21 @@ def answer_frame(loaded: LoadedModel, X: pd.DataFrame) -> tuple[list[Any], pd.Da
 def answer(
     loaded: LoadedModel, records: list[dict[str, Any]]
 ) -> tuple[list[Any], list[dict[str, float]] | None]:
-    """Predictions, and class probabilities for classification, one per record."""
-    X = frame(records, loaded.features)
+    """Predictions, and class probabilities for classification, one per record.
+
+    Records are already validated against the contract, so scikit-learn's own finiteness and
+    parameter checks are skipped; the array path avoids a DataFrame per call.
+    """
+    import sklearn
+
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        if loaded.arrays is not None:
+            scores = _scores(loaded.arrays.estimator, loaded.arrays.transform(records), loaded.task)
+        else:
+            scores = _scores(loaded.model, frame(records, loaded.features), loaded.task)
     if loaded.task != "classification":
-        return [float(v) for v in loaded.model.predict(X)], None
-    proba = loaded.model.predict_proba(X)
+        return [float(v) for v in scores], None
+    proba = scores
     labels = np.asarray(loaded.classes, dtype=object)[proba.argmax(axis=1)]
     probabilities = [
         {str(c): round(float(p), 6) for c, p in zip(loaded.classes, row, strict=True)} for row in proba

@@ -1,0 +1,71 @@
+"""The array path gives exactly the DataFrame path's answers, for every candidate type and task."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from champion_support import make_frame
+
+from pipelines import contract, models, serving
+
+KINDS = {
+    "classification": ["logistic_regression", "random_forest", "hist_gradient_boosting"],
+    "regression": ["ridge", "random_forest", "hist_gradient_boosting"],
+}
+
+
+def frames(task):
+    train, test = make_frame(600, 1), make_frame(200, 2)
+    for frame in (train, test):
+        frame.loc[frame.index % 17 == 0, "x2"] = np.nan  # missing values the model imputes
+        frame.loc[frame.index % 23 == 0, "color"] = None
+        if task == "regression":
+            frame["label"] = frame["x1"] * 3 + frame["x2"].fillna(0)
+    return train, test
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_array_path_equals_dataframe_path(task, index):
+    train, test = frames(task)
+    kind = KINDS[task][index]
+    X, y = train.drop(columns=["label", "id"]), train["label"]
+    params = {"n_estimators": 20} if kind == "random_forest" else {}
+    model = models.fit(
+        models.build_pipeline(
+            kind, {"model": kind, "params": params}, features=X, feature_params={}, task=task, seed=0
+        ),
+        X,
+        y,
+        kind,
+    )
+    schema = contract.infer_contract(train, "label", max_categories=50, null_tolerance=0.05)
+    fields = contract.field_specs(schema, list(X.columns))
+    loaded = serving.LoadedModel(
+        model=model,
+        version="1",
+        task=task,
+        features=list(X.columns),
+        classes=list(getattr(model, "classes_", [])),
+        meta={"fields": fields},
+        arrays=serving.array_path(model),
+    )
+    assert loaded.arrays is not None and serving._array_path_agrees(loaded)
+    records = [
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        for r in test.drop(columns=["label", "id"]).to_dict("records")
+    ]
+    with_arrays = serving.answer(loaded, records)
+    without = serving.answer(serving.LoadedModel(**{**loaded.__dict__, "arrays": None}), records)
+    assert with_arrays[0] == without[0]
+    if task == "classification":
+        assert with_arrays[1] == without[1]
+    expected = model.predict(pd.DataFrame.from_records(records, columns=X.columns))
+    assert [str(v) for v in with_arrays[0]] == [str(v) for v in expected] or np.allclose(
+        with_arrays[0], expected
+    )
+
+
+def test_array_path_refuses_other_shapes():
+    from sklearn.linear_model import LogisticRegression
+
+    assert serving.array_path(LogisticRegression()) is None
