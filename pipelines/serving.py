@@ -182,7 +182,7 @@ def probe_records(fields: dict[str, dict]) -> list[dict[str, Any]]:
             elif spec["type"] in ("integer", "number"):
                 low, high = spec.get("minimum", 0), spec.get("maximum", 1)
                 value = low + (high - low) * i / 2
-                row[name] = int(round(value)) if spec["type"] == "integer" else float(value)
+                row[name] = round(value) if spec["type"] == "integer" else float(value)
             else:
                 row[name] = "x"
             if spec["nullable"] and i == 2:

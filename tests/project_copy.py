@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
-from support import read_yaml, run
+from support import Background, read_yaml, run
 
 REPRO_TIMEOUT = 1200  # seconds for one whole default run; it takes ~75 s on 2 idle cores
 
@@ -84,3 +85,14 @@ def mlflow_store(root: Path) -> Iterator[Any]:
         yield mlflow.MlflowClient(tracking_uri=uri)
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+@dataclass
+class RegressionRun:
+    """A project copy set up for a regression data set, with `dvc repro` running on it."""
+
+    root: Path
+    frame: pd.DataFrame  # the source data
+    params: dict  # params.yaml as the run sees it
+    committed_contract: bytes  # data/contract.yaml before the run
+    job: Background

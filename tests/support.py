@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,38 @@ def run(
             f"--- stdout (tail)\n{result.stdout[-4000:]}\n--- stderr (tail)\n{result.stderr[-4000:]}"
         )
     return result
+
+
+class Background:
+    """A command running while the tests do other things; its output goes to files."""
+
+    def __init__(self, args: list[str], cwd: Path, logs: Path) -> None:
+        logs.mkdir(parents=True, exist_ok=True)
+        self.args, self.stdout, self.stderr = args, logs / "stdout.txt", logs / "stderr.txt"
+        with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
+            # Its own process group, so that stop() ends DVC with the kernels it started.
+            self.process = subprocess.Popen(
+                args, cwd=cwd, env=subprocess_env(), stdout=out, stderr=err, start_new_session=True
+            )
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        return subprocess.CompletedProcess(
+            self.args, code, self.stdout.read_text(errors="replace"), self.stderr.read_text(errors="replace")
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
 
 
 def git_tracked_files(root: Path = PROJECT, *, untracked: bool = False) -> list[str]:

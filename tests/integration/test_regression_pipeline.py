@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from project_copy import REPRO_TIMEOUT, mlflow_store
-from support import TRACEBACK, copy_project, error_lines, read_yaml, regression_frame, run, write_yaml
+from project_copy import REPRO_TIMEOUT, RegressionRun, mlflow_store
+from support import TRACEBACK, error_lines, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -20,32 +19,17 @@ COMPARE_BUG = (
     "params.yaml says suffices) has no roc_auc, so `dvc repro` fails at compare"
 )
 
-CANDIDATES = {
-    "ridge": {"model": "ridge", "params": {"alpha": 1.0}},
-    "forest": {"model": "random_forest", "params": {"n_estimators": 40, "max_depth": 8}},
-    "hgb": {"model": "hist_gradient_boosting", "params": {"max_iter": 80, "learning_rate": 0.1}},
-}
 
-
-def test_regression_data_set_through_params_only(tmp_path: Path) -> None:
-    root = copy_project(tmp_path / "project")
-    frame = regression_frame(400)
-    frame.to_csv(root / "data" / "source" / "listings.csv", index=False)
-    committed_contract = (root / "data" / "contract.yaml").read_bytes()
-
-    params = read_yaml(root / "params.yaml")
-    params["data"] = {
-        "source": "data/source/listings.csv",
-        "target": "price",
-        "task": "regression",
-        "ignore": ["listing"],
-        "positive_class": None,
+def test_regression_data_set_through_params_only(regression_run: RegressionRun) -> None:
+    root, frame, params = regression_run.root, regression_run.frame, regression_run.params
+    candidates = params["train"]["candidates"]
+    assert {spec["model"] for spec in candidates.values()} == {
+        "ridge",
+        "random_forest",
+        "hist_gradient_boosting",
     }
-    params["paths"]["contract"] = "data/contract_listings.yaml"  # absent, so it gets inferred
-    params["train"]["candidates"] = CANDIDATES
-    write_yaml(params, root / "params.yaml")
 
-    result = run(["dvc", "repro"], root, timeout=REPRO_TIMEOUT)
+    result = regression_run.job.wait(timeout=REPRO_TIMEOUT)
     assert TRACEBACK not in result.stdout + result.stderr
     known_bug = None
     if result.returncode != 0:
@@ -59,11 +43,11 @@ def test_regression_data_set_through_params_only(tmp_path: Path) -> None:
     contract = yaml.safe_load((root / "data" / "contract_listings.yaml").read_text())
     assert set(contract["columns"]) == set(frame.columns)
     assert contract["columns"]["age_years"]["nullable"] is True
-    assert (root / "data" / "contract.yaml").read_bytes() == committed_contract
+    assert (root / "data" / "contract.yaml").read_bytes() == regression_run.committed_contract
     report = json.loads((root / "reports" / "validation.json").read_text())
     assert report["contract_inferred_now"] and report["rows"] == 400
 
-    for key in CANDIDATES:
+    for key in candidates:
         scores = json.loads((root / "metrics" / "holdout" / f"{key}.json").read_text())
         assert set(scores) == {"r2", "rmse", "mae"}, (key, scores)
         assert all(math.isfinite(v) for v in scores.values())
@@ -80,7 +64,7 @@ def test_regression_data_set_through_params_only(tmp_path: Path) -> None:
         assert (root / "plots" / "images" / key / "residuals.png").is_file()
 
     with mlflow_store(root) as client:
-        for key in CANDIDATES:
+        for key in candidates:
             info = json.loads((root / "models" / key / "run.json").read_text())
             tags = client.get_run(info["run_id"]).data.tags
             assert tags["task"] == "regression" and tags["candidate"] == key
