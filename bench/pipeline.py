@@ -146,8 +146,9 @@ def check_imports(project: Path) -> str:
 
 class TreeMonitor(threading.Thread):
     """Polls the process tree under `pid`: the summed RSS (peak), and each stage process
-    (`python -m pipelines.nbrun ... OUT.ipynb`): when it lived and its own subtree's peak RSS
-    (nbrun + its Jupyter kernel)."""
+    (`python -m pipelines.nbrun ... OUT.ipynb`): when it lived, its own subtree's peak RSS
+    (nbrun + its Jupyter kernel) and the CPU seconds that subtree used. CPU time is much less
+    disturbed than wall time by other processes on a shared box (OpenMP spin-waiting aside)."""
 
     def __init__(self, pid: int, interval: float) -> None:
         super().__init__(daemon=True)
@@ -189,13 +190,24 @@ class TreeMonitor(threading.Thread):
                 if label is None or proc.pid not in rss:
                     continue
                 try:
-                    sub = rss[proc.pid] + sum(rss.get(c.pid, 0) for c in proc.children(recursive=True))
+                    kids = proc.children(recursive=True)
+                    sub = rss[proc.pid] + sum(rss.get(c.pid, 0) for c in kids)
                     started = proc.create_time()
+                    t = proc.cpu_times()
+                    # reaped children (the finished kernel) move into children_user/system
+                    cpu = t.user + t.system + t.children_user + t.children_system
+                    for kid in kids:
+                        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+                            k = kid.cpu_times()
+                            cpu += k.user + k.system
                 except (psutil.NoSuchProcess, psutil.ZombieProcess):
                     continue
-                stage = self.stages.setdefault(label, {"start": started, "end": now, "peak_rss_mb": 0.0})
+                stage = self.stages.setdefault(
+                    label, {"start": started, "end": now, "peak_rss_mb": 0.0, "cpu_s": 0.0}
+                )
                 stage["end"] = now
                 stage["peak_rss_mb"] = max(stage["peak_rss_mb"], sub / MB)
+                stage["cpu_s"] = max(stage["cpu_s"], cpu)
             self.done.wait(self.interval)
 
 
@@ -316,6 +328,7 @@ def run(
             k: {
                 "wall_s": round(v["end"] - v["start"], 2),
                 "peak_rss_mb": round(v["peak_rss_mb"], 1),
+                "cpu_s": round(v["cpu_s"], 2),
             }
             for k, v in mon.stages.items()
         }
@@ -664,6 +677,217 @@ def part_scaling(
 
 
 # --------------------------------------------------------------------------------------------
+# Steps: the pipeline's own functions timed one by one, in one process, on the upsampled data
+# --------------------------------------------------------------------------------------------
+
+STEPS_WORKER = "--steps-worker"
+
+
+def steps_worker(data: str, out: str, reduced: str) -> int:
+    """Runs inside a project copy (cwd): each stage's library calls, as the notebooks make them,
+    timed (wall and CPU of this process, all threads) and appended to `out` as JSON lines, so a
+    killed run keeps the steps it finished. Cross-validation is left out: it is `cv_folds` fits
+    on (folds-1)/folds of the training rows, so it scales as `models.fit` does."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipelines import contract, dataio, metrics, models, plots, tracking
+    from pipelines import explore as ex
+    from pipelines.features import build_preprocessor
+    from pipelines.split import features_and_target, split_frame
+
+    text, _ = scaling_params(Path("params.yaml").read_text(), data, reduced == "reduced")
+    params = yaml.safe_load(text)
+    d, seed = params["data"], params["seed"]
+    task = d["task"]
+    sink = open(out, "a")  # noqa: SIM115 - kept open for the whole run, flushed per step
+
+    def step(stage: str, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        value = fn(*args, **kwargs)
+        record = {
+            "stage": stage,
+            "step": name,
+            "wall_s": round(time.perf_counter() - wall, 3),
+            "cpu_s": round(time.process_time() - cpu, 3),
+            "rss_mb": round(psutil.Process().memory_info().rss / MB, 1),
+        }
+        sink.write(json.dumps(record) + "\n")
+        sink.flush()
+        return value
+
+    tmp = Path(tempfile.mkdtemp(prefix=".bench-steps-", dir="."))
+    raw = step("ingest", "dataio.read_table", dataio.read_table, data)
+    step("ingest", "dataio.write_parquet", dataio.write_parquet, raw, tmp / "raw.parquet")
+    schema = contract.load_contract(params["paths"]["contract"])
+    result = step("validate", "contract.check_frame", contract.check_frame, raw, schema)
+    step("validate", "contract.report", contract.report, result, raw, "contract", False)
+    X, y = features_and_target(raw, d["target"], d["ignore"])
+    positive = metrics.positive_label(y, d.get("positive_class")) if task == "classification" else None
+    step("explore", "explore.overview", ex.overview, raw)
+    step("explore", "explore.numeric_summary", ex.numeric_summary, X)
+    step("explore", "explore.numeric_correlation", ex.numeric_correlation, X, y, task=task, positive=positive)
+    step(
+        "explore",
+        "explore.category_effect",
+        ex.category_effect,
+        X,
+        y,
+        task=task,
+        positive=positive,
+        top=params["explore"]["top_categories"],
+    )
+
+    def histograms(frame: Any) -> None:
+        numeric = frame.select_dtypes("number").columns
+        frame[numeric].hist(bins=30, figsize=(12, 2.2 * ((len(numeric) + 3) // 4)), layout=(-1, 4))
+        plt.close("all")
+
+    step("explore", "DataFrame.hist (notebook cell)", histograms, X)
+    train, holdout = step(
+        "split",
+        "split.split_frame",
+        split_frame,
+        raw,
+        target=d["target"],
+        task=task,
+        holdout_size=params["split"]["holdout_size"],
+        seed=seed,
+    )
+    del raw, X, y
+    Xt, yt = features_and_target(train, d["target"], d["ignore"])
+    Xh, yh = features_and_target(holdout, d["target"], d["ignore"])
+
+    def preprocess() -> None:
+        build_preprocessor(Xt, params["features"]).fit_transform(Xt)
+
+    step("train", "features.build_preprocessor().fit_transform", preprocess)
+    for name, spec in params["train"]["candidates"].items():
+        stage = f"train@{name}"
+        model = models.build_pipeline(
+            name, spec, features=Xt, feature_params=params["features"], task=task, seed=seed
+        )
+        model = step(stage, "models.fit (preprocess + estimator)", models.fit, model, Xt, yt, name)
+        scores = step(
+            stage, "metrics.score_model (holdout)", metrics.score_model, model, Xh, yh, task, positive
+        )
+        frames = step(
+            stage,
+            "metrics.plot_frames (holdout)",
+            metrics.plot_frames,
+            model,
+            Xh,
+            yh,
+            task=task,
+            positive=positive,
+            importance=params["evaluate"],
+            seed=seed,
+        )
+        step(stage, "plots.figures", plots.figures, frames, scores, name)
+        plt.close("all")
+        step(
+            stage, "plot CSVs: DataFrame.to_csv", lambda f=frames: [v.to_csv(index=False) for v in f.values()]
+        )
+    step("train", "tracking.file_md5 (raw snapshot)", tracking.file_md5, tmp / "raw.parquet")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def part_steps(
+    result: dict[str, Any],
+    work: Path,
+    logs: Path,
+    sizes: list[int],
+    timeout: float,
+    reduced: bool,
+    save: Any,
+) -> None:
+    default_params = yaml.safe_load((REPO / "params.yaml").read_text())
+    source = REPO / default_params["data"]["source"]
+    project = make_copy(work / "steps")
+    result.update({"reduced_params": reduced, "sizes": {}})
+    for factor in sizes:
+        data = work / "data" / f"{source.stem}_x{factor}.parquet"
+        info = upsampled(source, factor, data)
+        out = logs / f"steps-x{factor}.jsonl"
+        out.unlink(missing_ok=True)
+        print(f"  steps x{factor}: {info['rows']:,} rows, timeout {timeout:.0f} s ...", flush=True)
+        res = run(
+            [
+                str(VENV_BIN / "python"),
+                str(Path(__file__).resolve()),
+                STEPS_WORKER,
+                str(data),
+                str(out),
+                "reduced" if reduced else "default",
+            ],
+            project,
+            env=bench_env(project),
+            log=logs / f"steps-x{factor}.log",
+            timeout=timeout,
+            monitor=0.5,
+            wait=True,
+        )
+        res["rows"] = info["rows"]
+        res["finished"] = res["returncode"] == 0 and not res["timed_out"]
+        res["steps"] = [json.loads(ln) for ln in out.read_text().splitlines()] if out.exists() else []
+        state = "done" if res["finished"] else ("TIMED OUT" if res["timed_out"] else "FAILED")
+        print(
+            f"  steps x{factor}: {state} in {res['wall_s']:.0f} s ({len(res['steps'])} steps),"
+            f" other load {res['other_load_cores']:.2f} cores",
+            flush=True,
+        )
+        result["sizes"][str(factor)] = res
+        save()
+        if not res["finished"]:
+            break  # larger sizes would not finish either
+    shutil.rmtree(project, ignore_errors=True)
+
+
+def analyse_steps(steps: dict[str, Any]) -> dict[str, Any]:
+    """Per step: CPU and wall seconds at each size, and the exponents between consecutive sizes.
+    Superlinear: CPU exponent > 1.15 where the step takes >= 0.5 CPU s at the larger size."""
+    sizes = sorted(steps["sizes"].items(), key=lambda kv: int(kv[0]))
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for factor, res in sizes:
+        for rec in res["steps"]:
+            entry = table.setdefault(
+                (rec["stage"], rec["step"]),
+                {"stage": rec["stage"], "step": rec["step"], "cpu_s": {}, "wall_s": {}, "rss_mb": {}},
+            )
+            entry["cpu_s"][factor] = rec["cpu_s"]
+            entry["wall_s"][factor] = rec["wall_s"]
+            entry["rss_mb"][factor] = rec["rss_mb"]
+    superlinear = []
+    for entry in table.values():
+        done = sorted(entry["cpu_s"], key=int)
+        entry["cpu_exponents"], entry["wall_exponents"] = {}, {}
+        for f1, f2 in itertools.pairwise(done):
+            n1, n2 = steps["sizes"][f1]["rows"], steps["sizes"][f2]["rows"]
+            k_cpu = exponent(entry["cpu_s"][f1], entry["cpu_s"][f2], n1, n2)
+            entry["cpu_exponents"][f"{f1}->{f2}"] = k_cpu
+            entry["wall_exponents"][f"{f1}->{f2}"] = exponent(
+                entry["wall_s"][f1], entry["wall_s"][f2], n1, n2
+            )
+            if k_cpu is not None and k_cpu > 1.15 and entry["cpu_s"][f2] >= 0.5:
+                superlinear.append(
+                    {
+                        "stage": entry["stage"],
+                        "step": entry["step"],
+                        "between": f"x{f1}->x{f2}",
+                        "cpu_s": [entry["cpu_s"][f1], entry["cpu_s"][f2]],
+                        "exponent": round(k_cpu, 2),
+                    }
+                )
+    return {"steps": list(table.values()), "superlinear": superlinear}
+
+
+# --------------------------------------------------------------------------------------------
 # Analysis and printing
 # --------------------------------------------------------------------------------------------
 
@@ -738,6 +962,7 @@ def analyse_scaling(scaling: dict[str, Any]) -> dict[str, Any]:
             f: {
                 "papermill_s": r["notebooks"].get(stage, {}).get("duration_s"),
                 "process_s": r.get("stages_monitored", {}).get(stage, {}).get("wall_s"),
+                "cpu_s": r.get("stages_monitored", {}).get(stage, {}).get("cpu_s"),
                 "peak_rss_mb": r.get("stages_monitored", {}).get(stage, {}).get("peak_rss_mb"),
             }
             for f, r in sizes
@@ -858,11 +1083,13 @@ def print_report(res: dict[str, Any]) -> None:
                 f"{fmt(row.get('other_load_cores')):>12}  {status}"
             )
         factors = [str(r["factor"]) for r in an.get("totals", [])]
-        print("  per stage, papermill seconds (process seconds incl. python start + HTML):")
+        print(
+            "  per stage: papermill seconds (CPU seconds of nbrun + kernel; process wall time is in the JSON):"
+        )
         print("  " + f"{'stage':<14}" + "".join(f"{'x' + f:>18}" for f in factors))
         for stage, by in an.get("stages", {}).items():
             cells = [
-                f"{fmt(by[f]['papermill_s'], '.1f')} ({fmt(by[f]['process_s'], '.1f')})" for f in factors
+                f"{fmt(by[f]['papermill_s'], '.1f')} ({fmt(by[f].get('cpu_s'), '.1f')})" for f in factors
             ]
             print("  " + f"{stage:<14}" + "".join(f"{c:>18}" for c in cells))
         print("  exponent k (t ~ rows^k) between consecutive sizes, cells taking >= 1 s at the larger:")
@@ -883,6 +1110,36 @@ def print_report(res: dict[str, Any]) -> None:
                 print(
                     f"    {s['stage']} cell {s['cell']} `{s['label']}` {s['between']}: k={s['exponent']}"
                     f" ({s['seconds'][0]:.1f} s -> {s['seconds'][1]:.1f} s)"
+                )
+    if "steps" in res and res["steps"].get("analysis"):
+        st = res["steps"]
+        factors = sorted(st["sizes"], key=int)
+        print(
+            "STEPS: the pipeline's functions timed in one process (CPU s, all threads; wall s in the JSON)"
+            + (", reduced candidates" if st.get("reduced_params") else "")
+        )
+        for f in factors:
+            r = st["sizes"][f]
+            state = "ok" if r.get("finished") else "DID NOT FINISH"
+            print(
+                f"  x{f}: {r['rows']:,} rows, {r['wall_s']:.0f} s, other load"
+                f" {r['other_load_cores']:.2f} cores, {state}"
+            )
+        print(
+            f"  {'stage':<13}{'step':<46}"
+            + "".join(f"{'x' + f:>9}" for f in factors)
+            + "   k (cpu) between sizes"
+        )
+        for e in st["analysis"]["steps"]:
+            ks = ", ".join(f"{v:.2f}" for v in e["cpu_exponents"].values() if v is not None)
+            cells = "".join(f"{fmt(e['cpu_s'].get(f)):>9}" for f in factors)
+            print(f"  {e['stage']:<13}{e['step'][:45]:<46}{cells}   {ks}")
+        if st["analysis"]["superlinear"]:
+            print("  SUPERLINEAR (CPU exponent > 1.15, >= 0.5 CPU s):")
+            for x in st["analysis"]["superlinear"]:
+                print(
+                    f"    {x['stage']} {x['step']} {x['between']}: k={x['exponent']}"
+                    f" ({x['cpu_s'][0]:.2f} -> {x['cpu_s'][1]:.2f} CPU s)"
                 )
     if checks:
         print(line)
@@ -914,11 +1171,14 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [STEPS_WORKER]:
+        return steps_worker(*argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--parts",
-        default="full,noop,overhead,scaling",
-        help="comma-separated: full, noop, overhead, scaling",
+        default="full,noop,overhead,scaling,steps",
+        help="comma-separated: full, noop, overhead, scaling, steps",
     )
     ap.add_argument("--full-runs", type=int, default=3)
     ap.add_argument("--full-timeout", type=float, default=900, help="seconds per full run")
@@ -926,7 +1186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overhead-runs", type=int, default=3)
     ap.add_argument("--overhead-stages", default=DEFAULT_OVERHEAD_STAGES)
     ap.add_argument("--sizes", default="1,10,100", help="scaling factors, e.g. 1,10,100,1000")
-    ap.add_argument("--timeout", type=float, default=1200, help="seconds per scaling size")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds per scaling (or steps) size")
+    ap.add_argument("--steps-sizes", default="10,100", help="sizes for the steps part, e.g. 10,100,1000")
     ap.add_argument(
         "--scaling-params",
         choices=("reduced", "default"),
@@ -936,6 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="where the copies go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the project copies")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
+    ap.add_argument("--report", type=Path, help="only print the report of a saved results JSON")
     ap.add_argument(
         "--wait-idle",
         type=float,
@@ -945,10 +1207,18 @@ def main(argv: list[str] | None = None) -> int:
         " 0: do not wait",
     )
     args = ap.parse_args(argv)
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        if "scaling" in saved and saved["scaling"].get("sizes"):
+            saved["scaling"]["analysis"] = analyse_scaling(saved["scaling"])
+        if "steps" in saved and saved["steps"].get("sizes"):
+            saved["steps"]["analysis"] = analyse_steps(saved["steps"])
+        print_report(saved)
+        return 0
     global WAIT_IDLE
     WAIT_IDLE = args.wait_idle
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"full", "noop", "overhead", "scaling"}
+    unknown = parts - {"full", "noop", "overhead", "scaling", "steps"}
     if unknown:
         ap.error(f"unknown parts: {', '.join(sorted(unknown))}")
 
@@ -1022,6 +1292,20 @@ def main(argv: list[str] | None = None) -> int:
                 save,
             )
             res["scaling"]["analysis"] = analyse_scaling(res["scaling"])
+            save()
+        if "steps" in parts:
+            print("steps ...", flush=True)
+            res["steps"] = {}
+            part_steps(
+                res["steps"],
+                work,
+                logs,
+                [int(s) for s in args.steps_sizes.split(",") if s.strip()],
+                args.timeout,
+                args.scaling_params == "reduced",
+                save,
+            )
+            res["steps"]["analysis"] = analyse_steps(res["steps"])
     finally:
         res["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
         save()
