@@ -106,10 +106,10 @@ def save_contract(schema: pa.DataFrameSchema, path: str | Path) -> None:
 
 
 def load_contract(path: str | Path) -> pa.DataFrameSchema:
+    if not Path(path).is_file():  # pandera would try to parse the path itself as YAML
+        raise DataError(f"contract '{path}' does not exist")
     try:
         return pa.DataFrameSchema.from_yaml(Path(path))
-    except FileNotFoundError:
-        raise DataError(f"contract '{path}' does not exist") from None
     except Exception as exc:  # pandera raises several types for a malformed file
         raise DataError(f"contract '{path}' cannot be read: {str(exc).splitlines()[0]}") from None
 

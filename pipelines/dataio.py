@@ -44,6 +44,12 @@ def read_table(source: str) -> pd.DataFrame:
     return frame
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder, so a failure never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +57,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should follow the umask
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

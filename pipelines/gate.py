@@ -32,6 +32,22 @@ def pick_challenger(scores: dict[str, dict[str, float]], metric: str) -> str:
     return max(sorted(scores), key=lambda name: sign * scores[name][metric])
 
 
+def rules_for(rules: dict[str, Any], task: str, metrics: set[str]) -> dict[str, Any]:
+    """The gate's rules for this task: the primary metric (null: the task's default), and the
+    floors and guards on metrics the task reports. A name that is no metric at all is an error."""
+    from pipelines.metrics import primary_metric
+
+    resolved = dict(rules)
+    resolved["primary_metric"] = rules.get("primary_metric") or primary_metric(task)
+    for key in ("floors", "guards"):
+        table = rules.get(key) or {}
+        unknown = [name for name in table if name not in GREATER_IS_BETTER]
+        if unknown:
+            raise ParamsError(f"promote.{key} names unknown metrics: {', '.join(unknown)}")
+        resolved[key] = {name: value for name, value in table.items() if name in metrics}
+    return resolved
+
+
 def decide(
     challenger: dict[str, float],
     champion: dict[str, float] | None,

@@ -56,6 +56,7 @@ def run_promotion(root: Path, params: dict) -> dict:
     name = rules["registered_model"]
 
     scores = candidate_scores(paths, list(params["train"]["candidates"]))
+    rules = gate.rules_for(rules, data["task"], set.intersection(*(set(s) for s in scores.values())))
     challenger = gate.pick_challenger(scores, rules["primary_metric"])
     trained = dataio.read_json(Path(paths["models"]) / challenger / "run.json")
     holdout = pd.read_parquet(paths["holdout"])

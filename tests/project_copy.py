@@ -17,7 +17,6 @@ REPRO_TIMEOUT = 1200  # seconds for one whole default run; it takes ~75 s on 2 i
 
 DATA_OUTPUTS = (
     "data/raw/snapshot.parquet",
-    "data/interim/validated.parquet",
     "data/processed/train.parquet",
     "data/processed/holdout.parquet",
 )

@@ -16,7 +16,7 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # the interpreter running pytest: .venv/bin under `make test`
-STAGE_ORDER = ("ingest", "validate", "explore", "split", "train")
+STAGE_ORDER = ("ingest", "explore", "split", "train")
 TRACEBACK = "Traceback (most recent call last)"
 
 

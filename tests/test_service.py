@@ -322,7 +322,12 @@ def test_sigterm_lets_in_flight_requests_finish(packaged, tmp_path):
         yield body[20:]
 
     def call(_):
-        return httpx.post(f"http://127.0.0.1:{port}/predict", content=slow_body(), headers={"Content-Type": "application/json"}, timeout=60)
+        return httpx.post(
+            f"http://127.0.0.1:{port}/predict",
+            content=slow_body(),
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(call, i) for i in range(8)]

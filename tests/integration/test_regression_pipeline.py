@@ -9,15 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 from project_copy import REPRO_TIMEOUT, RegressionRun, mlflow_store
-from support import TRACEBACK, error_lines, run
+from support import TRACEBACK, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
-
-COMPARE_BUG = (
-    "BUG (compare stage): notebooks/compare.ipynb picks the best candidate by promote.primary_metric, "
-    "which params.yaml fixes to roc_auc; a regression task (data.task + candidates changed, as "
-    "params.yaml says suffices) has no roc_auc, so `dvc repro` fails at compare"
-)
 
 
 def test_regression_data_set_through_params_only(regression_run: RegressionRun) -> None:
@@ -31,14 +25,7 @@ def test_regression_data_set_through_params_only(regression_run: RegressionRun) 
 
     result = regression_run.job.wait(timeout=REPRO_TIMEOUT)
     assert TRACEBACK not in result.stdout + result.stderr
-    known_bug = None
-    if result.returncode != 0:
-        lines = error_lines(result.stderr)
-        # Everything up to the candidates must work; see COMPARE_BUG for the stage after them.
-        if lines and lines[0].startswith("ERROR compare:") and "primary_metric 'roc_auc'" in lines[0]:
-            known_bug = f"{COMPARE_BUG} ({lines[0]})"
-        else:
-            pytest.fail(f"dvc repro failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    assert result.returncode == 0, f"dvc repro failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
     contract = yaml.safe_load((root / "data" / "contract_listings.yaml").read_text())
     assert set(contract["columns"]) == set(frame.columns)
@@ -69,6 +56,4 @@ def test_regression_data_set_through_params_only(regression_run: RegressionRun) 
             tags = client.get_run(info["run_id"]).data.tags
             assert tags["task"] == "regression" and tags["candidate"] == key
             assert info["positive_class"] is None
-    if known_bug:
-        pytest.xfail(known_bug)
     assert run(["dvc", "status", "--json"], root, timeout=300, check=True).stdout.strip() in ("{}", "")

@@ -94,12 +94,6 @@ def test_load_or_infer_infers_once_then_loads(tmp_path: Path, frame: pd.DataFram
     assert list(second.columns) == list(first.columns)
 
 
-@pytest.mark.xfail(
-    reason="BUG contract.load_contract: pandera's from_yaml treats a Path that does not exist as a "
-    'stream, so the FileNotFoundError branch never runs and the message reads "cannot be read: '
-    "'PosixPath' object has no attribute 'read'\"",
-    strict=True,
-)
 def test_load_contract_names_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         contract.load_contract(tmp_path / "nope.yaml")

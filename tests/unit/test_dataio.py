@@ -136,11 +136,6 @@ def test_failed_json_write_leaves_nothing_behind(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(
-    reason="BUG dataio._atomic_write: tempfile.mkstemp creates 0600 files and os.replace keeps that "
-    "mode, so every pipeline output (contract.yaml, models, metrics) ignores the umask",
-    strict=True,
-)
 def test_atomic_writes_respect_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
