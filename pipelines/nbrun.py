@@ -45,6 +45,10 @@ def main(argv: list[str]) -> int:
     # histogram gradient boosting's spin-waiting threads took 365 s instead of 20 s.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+    # jsonschema (via nbformat) imports rfc3987_syntax when installed (jupyterlab brings it), and
+    # that builds a parser at import: ~1 s idle, ~3 s busy, per stage. Notebooks never use the
+    # IRI formats it validates, so jsonschema runs without it.
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
     from papermill.cli import papermill as papermill_cli
     from papermill.exceptions import PapermillExecutionError
 
