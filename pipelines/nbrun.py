@@ -8,8 +8,10 @@ It creates OUT's folder (papermill does not), hands papermill its own options un
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ERROR_NAMES = ("ParamsError", "DataError", "ContractViolation", "PipelineError")
@@ -32,6 +34,22 @@ def render_html(notebook: Path) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Point file descriptor 2 (ours and our children's) at `path` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
+
+
 def main(argv: list[str]) -> int:
     html = "--html" in argv
     args = [a for a in argv if a != "--html"]
@@ -52,17 +70,24 @@ def main(argv: list[str]) -> int:
     from papermill.cli import papermill as papermill_cli
     from papermill.exceptions import PapermillExecutionError
 
-    try:
-        papermill_cli.main(
-            # Quiet: every section of params.yaml arrives, and papermill warns about unused ones.
-            args=[*args, "-p", "output_notebook", str(output), "--log-level", "ERROR"],
-            standalone_mode=False,
-        )
-    except PapermillExecutionError as exc:
-        print(failure_line(stage, exc.ename, exc.evalue, str(output)), file=sys.stderr)
-        return 1
-    except Exception as exc:  # papermill's own errors: missing notebook, bad option, kernel
-        print(failure_line(stage, type(exc).__name__, str(exc), str(output)), file=sys.stderr)
+    # The kernel inherits our stderr, and a kernel stopped right after a failing cell can print a
+    # traceback of its own shutdown. Everything papermill and the kernel print goes to a log
+    # beside the report; the terminal gets one line.
+    log = output.with_suffix(".log")
+    with _stderr_to(log):
+        try:
+            papermill_cli.main(
+                # Quiet: every section of params.yaml arrives, and papermill warns about unused ones.
+                args=[*args, "-p", "output_notebook", str(output), "--log-level", "ERROR"],
+                standalone_mode=False,
+            )
+            failure = None
+        except PapermillExecutionError as exc:
+            failure = failure_line(stage, exc.ename, exc.evalue, str(output))
+        except Exception as exc:  # papermill's own errors: missing notebook, bad option, kernel
+            failure = failure_line(stage, type(exc).__name__, str(exc), str(log))
+    if failure is not None:
+        print(failure, file=sys.stderr)
         return 1
     if html:
         render_html(output)
