@@ -60,6 +60,8 @@ REDUCED = {
 MB = 1024 * 1024
 # Seconds to wait, before each measured command, for other processes to leave the CPUs (--wait-idle)
 WAIT_IDLE = 0.0
+# Extra environment of every measured command (--env KEY=VALUE), e.g. OMP_NUM_THREADS=1 for an A/B
+EXTRA_ENV: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,6 +83,7 @@ def bench_env(project: Path) -> dict[str, str]:
         DO_NOT_TRACK="true",
         BENTOML_DO_NOT_TRACK="true",
     )
+    env.update(EXTRA_ENV)
     return env
 
 
@@ -1009,6 +1012,8 @@ def print_report(res: dict[str, Any]) -> None:
         f" {m['cpu_model']}; load before {m['load_before']})"
     )
     print(f"project {res['project']['head'][:10]}{' (dirty tree)' if res['project']['dirty'] else ''}")
+    if res.get("extra_env"):
+        print(f"extra environment of the measured commands: {res['extra_env']}")
     print(line)
     checks = []
     if "full" in res:
@@ -1199,6 +1204,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the results file name")
     ap.add_argument("--report", type=Path, help="only print the report of a saved results JSON")
     ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the measured commands (repeatable), e.g. OMP_NUM_THREADS=1",
+    )
+    ap.add_argument(
         "--wait-idle",
         type=float,
         default=0,
@@ -1217,6 +1229,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     global WAIT_IDLE
     WAIT_IDLE = args.wait_idle
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            ap.error(f"--env wants KEY=VALUE, not {item!r}")
+        EXTRA_ENV[key] = value
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - {"full", "noop", "overhead", "scaling", "steps"}
     if unknown:
@@ -1237,6 +1254,7 @@ def main(argv: list[str] | None = None) -> int:
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no", cwd=REPO).strip()),
         },
         "args": {k: str(v) for k, v in vars(args).items()},
+        "extra_env": EXTRA_ENV,
         "targets": TARGETS,
         "workdir": str(work),
     }
