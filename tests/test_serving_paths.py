@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from champion_support import make_frame
+from threadpoolctl import threadpool_limits
 
 from pipelines import contract, models, serving
 
@@ -26,6 +27,7 @@ def frames(task):
 @pytest.mark.parametrize("task", ["classification", "regression"])
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_array_path_equals_dataframe_path(task, index):
+    threadpool_limits(1)  # as the service runs: OpenMP spin-waiting on a busy box costs seconds
     train, test = frames(task)
     kind = KINDS[task][index]
     X, y = train.drop(columns=["label", "id"]), train["label"]
