@@ -253,9 +253,13 @@ class PredictionLog:
 
 
 class Engine:
-    """One worker's model, batcher, keys, metrics and prediction log."""
+    """One worker's models by role, batcher, keys, metrics and prediction log.
+
+    `models` holds the champion; a shadow or canary challenger is one more entry beside it.
+    """
 
     def __init__(self, loaded: serving.LoadedModel, keys: ApiKeys, monitor: Callable | None = None) -> None:
+        self.models = {"champion": loaded}
         # Imported here, in the worker: BentoML sets PROMETHEUS_MULTIPROC_DIR after importing the service.
         import prometheus_client
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,9 +148,19 @@ def test_push_and_pull_restore_identical_data(default_project: Project, tmp_path
 
 def test_temp_experiment_logs_into_the_project_store(default_project: Project) -> None:
     root = default_project.root
+    # A champion exists before the experiment; the experiment must leave it alone.
+    promoted = subprocess.run(
+        [sys.executable, "-m", "pipelines.promote"], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert promoted.returncode == 0 and promoted.stdout.startswith(("PROMOTED", "KEPT", "REFUSED")), (
+        promoted.stderr
+    )
+    registered = default_project.params["promote"]["registered_model"]
     with mlflow_store(root) as client:
         experiment = client.get_experiment_by_name(default_project.params["tracking"]["experiment"])
         before = {r.info.run_id for r in client.search_runs([experiment.experiment_id])}
+        champion_before = client.get_model_version_by_alias(registered, "champion").version
+        versions_before = len(client.search_model_versions(f"name='{registered}'"))
     key = default_project.candidates[0]
     assert default_project.params["train"]["candidates"][key]["model"] == "logistic_regression"
 
@@ -158,6 +170,8 @@ def test_temp_experiment_logs_into_the_project_store(default_project: Project) -
 
     with mlflow_store(root) as client:
         runs = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id not in before]
+        assert client.get_model_version_by_alias(registered, "champion").version == champion_before
+        assert len(client.search_model_versions(f"name='{registered}'")) == versions_before
     assert len(runs) == 1, "the experiment's run is not in the project's store"
     new = runs[0]
     assert new.data.tags["candidate"] == key and new.data.params["C"] == "0.5"
