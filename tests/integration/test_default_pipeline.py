@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,9 +148,9 @@ def test_push_and_pull_restore_identical_data(default_project: Project, tmp_path
 def test_temp_experiment_logs_into_the_project_store(default_project: Project) -> None:
     root = default_project.root
     # A champion exists before the experiment; the experiment must leave it alone.
-    promoted = subprocess.run(
-        [sys.executable, "-m", "pipelines.promote"], cwd=root, capture_output=True, text=True, timeout=300
-    )
+    promoted = run(
+        [sys.executable, "-m", "pipelines.promote"], root, timeout=300
+    )  # no inherited MLFLOW_TRACKING_URI
     assert promoted.returncode == 0 and promoted.stdout.startswith(("PROMOTED", "KEPT", "REFUSED")), (
         promoted.stderr
     )
