@@ -902,7 +902,10 @@ STAGE_ORDER = ["ingest", "validate", "explore", "split"]  # then train@..., comp
 
 
 def stage_order(name: str) -> tuple[int, str]:
-    return (STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER), name)
+    """Pipeline order: the known early stages, then train@..., then the rest (compare)."""
+    if name in STAGE_ORDER:
+        return (STAGE_ORDER.index(name), name)
+    return (len(STAGE_ORDER) + (0 if name.startswith("train") else 1), name)
 
 
 def median_of(values: Any) -> float | None:
