@@ -369,10 +369,18 @@ def create_app(meta: dict[str, Any], engine_ref: Callable[[], Engine]) -> Any:
             "lineage",
             "metrics",
         )
+        compiled = loaded.meta.get("compiled") or {}
         return {
             **{k: loaded.meta.get(k) for k in keys},
             "features": loaded.features,
             "classes": loaded.classes,
+            # What answers, and the packaging-time evidence that it matches the promoted model.
+            "runtime": {
+                "engine": loaded.engine,
+                "compile_reason": compiled.get("reason"),
+                "parity": compiled.get("parity"),
+                "versions": compiled.get("versions"),
+            },
         }
 
     app.add_middleware(BodyGuard, max_bytes=limits["max_body_bytes"], count=count)

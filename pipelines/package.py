@@ -13,10 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from pipelines import config, dataio, registry, serving, tracking
-from pipelines.errors import PipelineError
+from pipelines.errors import ParamsError, PipelineError
+
+PARITY_KEYS = ("min_label_agreement", "max_metric_delta", "max_relative_error")
 
 
 def bentoml_home(root: Path, params: dict) -> Path:
@@ -58,6 +61,54 @@ def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any, params: dic
     }
 
 
+def compile_champion(model_file: Path, meta: dict[str, Any], params: dict) -> tuple[bytes | None, dict]:
+    """The champion compiled and checked on the holdout, or None and the reason it was not."""
+    from pipelines import compile, metrics
+
+    choice = params["serving"].get("compile", "onnx")
+    if choice not in ("onnx", "none"):
+        raise ParamsError(f"serving.compile '{choice}' is unknown; use onnx or none")
+    if choice == "none":
+        return None, {"engine": "sklearn", "reason": "serving.compile is 'none' in params.yaml"}
+    holdout_path = Path(params["paths"]["holdout"])
+    if not holdout_path.is_file():
+        return None, {
+            "engine": "sklearn",
+            "reason": f"no holdout at {holdout_path} to verify a compiled model on",
+        }
+    import skops.io
+
+    model = skops.io.load(model_file, trusted=meta["trusted_types"])
+    holdout = pd.read_parquet(holdout_path)
+    task, target = meta["task"], meta["target"]
+    positive = None
+    if task == "classification" and len(getattr(model, "classes_", [])) == 2:
+        positive = metrics.positive_label(holdout[target], meta.get("positive_class"))
+    bounds = params["serving"].get("parity") or {}
+    if sorted(bounds) != sorted(PARITY_KEYS) or not all(isinstance(v, int | float) for v in bounds.values()):
+        raise ParamsError(f"serving.parity needs the numbers {', '.join(PARITY_KEYS)}")
+    return compile.compile_model(
+        model,
+        holdout,
+        target=target,
+        task=task,
+        positive=positive,
+        metric=params["promote"].get("primary_metric") or metrics.primary_metric(task),
+        bounds=bounds,
+    )
+
+
+def record_compilation(client: Any, version: Any, record: dict, onnx_file: Path | None) -> None:
+    """The compile record (and the graph) on the champion's MLflow run and registry version."""
+    client.log_dict(version.run_id, record, "compiled/record.json")
+    if onnx_file is not None:
+        client.log_artifact(version.run_id, str(onnx_file), "compiled")
+    client.set_model_version_tag(version.name, version.version, "serving.engine", record["engine"])
+    client.set_model_version_tag(
+        version.name, version.version, "serving.engine_reason", record["reason"] or ""
+    )
+
+
 def import_champion(client: Any, name: str, params: dict) -> Any:
     """The champion in the BentoML model store, labelled with its registry version and lineage."""
     import mlflow
@@ -68,8 +119,15 @@ def import_champion(client: Any, name: str, params: dict) -> Any:
     if version is None:
         raise PipelineError(f"'{name}' has no champion yet: run `make promote` first")
     # The request schema and limits are part of the packaged model: a contract edit repackages.
+    # So are the compile settings: changing them recompiles.
     spec_hash = tracking.params_hash(
-        [request_fields(params), params["serving"].get("limits"), params["data"]["target"]]
+        [
+            request_fields(params),
+            params["serving"].get("limits"),
+            params["data"]["target"],
+            params["serving"].get("compile"),
+            params["serving"].get("parity"),
+        ]
     )
     for existing in bentoml.models.list():
         if existing.tag.name != serving.MODEL_NAME:
@@ -85,20 +143,28 @@ def import_champion(client: Any, name: str, params: dict) -> Any:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=tmp))
         mlmodel = yaml.safe_load((local / "MLmodel").read_text())
         meta = model_meta(version, run, mlmodel, version.tags.get("positive_class"), params)
+        model_file = local / mlmodel["flavors"]["sklearn"]["pickled_model"]
+        onnx_bytes, meta["compiled"] = compile_champion(model_file, meta, params)
+        onnx_file = None
+        if onnx_bytes is not None:
+            onnx_file = Path(tmp) / serving.COMPILED_FILE
+            onnx_file.write_bytes(onnx_bytes)
         labels = {
             "registered_model": name,
             "registry_version": str(version.version),
             "run_id": version.run_id,
             "serving_spec": spec_hash,
+            "engine": meta["compiled"]["engine"],
             **{k.replace("lineage.", ""): v for k, v in meta["lineage"].items()},
         }
         with bentoml.models.create(
             serving.MODEL_NAME, labels=labels, metadata={"task": meta["task"]}
         ) as model:
-            shutil.copy(
-                local / mlmodel["flavors"]["sklearn"]["pickled_model"], Path(model.path) / serving.MODEL_FILE
-            )
+            shutil.copy(model_file, Path(model.path) / serving.MODEL_FILE)
+            if onnx_file is not None:
+                shutil.copy(onnx_file, Path(model.path) / serving.COMPILED_FILE)
             dataio.write_json(meta, Path(model.path) / serving.META_FILE)
+        record_compilation(client, version, meta["compiled"], onnx_file)
     return bentoml.models.get(model.tag)
 
 
@@ -120,6 +186,7 @@ def package(root: Path, params: dict) -> dict[str, Any]:
         "bento": str(bento.tag),
         "model": str(model.tag),
         "registry_version": model.info.labels["registry_version"],
+        "engine": model.info.labels.get("engine", "sklearn"),
         "run_id": model.info.labels["run_id"],
         "bentoml_home": os.environ["BENTOML_HOME"],
     }
@@ -138,7 +205,10 @@ def main(argv: list[str]) -> int:
     except PipelineError as exc:
         print(f"ERROR package: {exc}", file=sys.stderr)
         return 1
-    print(f"PACKAGED {record['bento']} with {record['model']} (champion v{record['registry_version']})")
+    print(
+        f"PACKAGED {record['bento']} with {record['model']} "
+        f"(champion v{record['registry_version']}, served by {record['engine']})"
+    )
     return 0
 
 

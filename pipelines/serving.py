@@ -1,17 +1,25 @@
 """What the BentoML service needs: a packaged model, its request schema, and its answers.
 
-Kept free of MLflow, DVC and pandera, so that a bento carries only scikit-learn, pandas, skops
-and pydantic. The request schema is generated from the data contract's field specs, which
-`make package` writes into the model's meta.json.
+Kept free of MLflow, DVC and pandera, so that a bento carries only scikit-learn, onnxruntime,
+pandas, skops and pydantic. The request schema is generated from the data contract's field
+specs, which `make package` writes into the model's meta.json.
+
+A model answers through the fastest path it has, in this order:
+  compiled  the ONNX graph `make package` compiled and verified on the holdout (pipelines/compile.py),
+            fed straight from validated records: no DataFrame, no scikit-learn per-call overhead;
+  arrays    the fitted scikit-learn pipeline's branches on plain arrays (no DataFrame);
+  frame     the fitted pipeline on a DataFrame, which every model supports.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 
 MODEL_NAME = "tabular-champion"  # the champion's name in the BentoML model store
 MODEL_FILE = "model.skops"
+COMPILED_FILE = "model.onnx"
 META_FILE = "meta.json"
+log = logging.getLogger("tabular_mlops.serving")
 DEFAULT_LIMITS = {
     "max_records": 1000,
     "max_body_bytes": 1_048_576,
@@ -140,6 +150,66 @@ def _all_numeric(transformer: Any) -> bool:
     return statistics is not None and np.asarray(statistics).dtype.kind in "fiu"
 
 
+class CompiledPath:
+    """The compiled champion in onnxruntime: one graph input per raw column, shape (n, 1).
+
+    A missing value is filled in the feed with the fitted imputer's own value (`fill`), which is
+    what the scikit-learn imputer would have put there; the graph holds the rest of the pipeline.
+    """
+
+    DTYPES: ClassVar[dict[str, Any]] = {"float": np.float32, "int64": np.int64, "string": object}
+
+    def __init__(self, onnx: bytes | str | Path, inputs: list[dict[str, Any]], task: str) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # One request is a few microseconds of work: threads would only add hand-offs.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        source = str(onnx) if isinstance(onnx, Path) else onnx
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.inputs = [(i["name"], self.DTYPES[i["type"]], i.get("fill")) for i in inputs]
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output = "probabilities" if task == "classification" else outputs[0]
+        if self.output not in outputs:
+            raise ValueError(f"the compiled graph has no '{self.output}' output: {outputs}")
+
+    def record_feeds(self, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        return {
+            name: np.array([[fill if r.get(name) is None else r[name]] for r in records], dtype=dtype)
+            for name, dtype, fill in self.inputs
+        }
+
+    def frame_feeds(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, dtype, fill in self.inputs:
+            column = frame[name]
+            if fill is not None and column.hasnans:
+                column = column.astype(object).where(column.notna(), fill)
+            feeds[name] = column.to_numpy(dtype=dtype).reshape(-1, 1)
+        return feeds
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output], feeds)[0]
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def compiled_path(path: Path, meta: dict[str, Any]) -> CompiledPath | None:
+    """The verified compiled model, or None: never one whose file is not the one that passed parity."""
+    record = meta.get("compiled") or {}
+    file = path / COMPILED_FILE
+    if record.get("engine") != "onnx" or not file.is_file():
+        return None
+    if file_sha256(file) != record.get("sha256"):
+        log.error("%s differs from the file that passed parity: serving scikit-learn", file)
+        return None
+    return CompiledPath(file, record["inputs"], meta["task"])
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     model: Any
@@ -149,6 +219,14 @@ class LoadedModel:
     classes: list[Any] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     arrays: ArrayPath | None = None
+    compiled: CompiledPath | None = None
+
+    @property
+    def engine(self) -> str:
+        """What answers: onnx (the compiled graph), sklearn-arrays or sklearn-frame."""
+        if self.compiled is not None:
+            return "onnx"
+        return "sklearn-arrays" if self.arrays is not None else "sklearn-frame"
 
 
 def load(path: str | Path) -> LoadedModel:
@@ -167,6 +245,7 @@ def load(path: str | Path) -> LoadedModel:
         classes=classes,
         meta=meta,
         arrays=array_path(model),
+        compiled=compiled_path(path, meta),
     )
     return loaded if _array_path_agrees(loaded) else replace(loaded, arrays=None)
 
@@ -214,40 +293,49 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def record_scores(loaded: LoadedModel, records: list[dict[str, Any]]) -> np.ndarray:
+    """Class probabilities (classification) or predictions, for validated records."""
+    if loaded.compiled is not None:
+        return loaded.compiled.run(loaded.compiled.record_feeds(records))
+    import sklearn
+
+    # Records are already validated against the contract: skip scikit-learn's own checks.
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        if loaded.arrays is not None:
+            return _scores(loaded.arrays.estimator, loaded.arrays.transform(records), loaded.task)
+        return _scores(loaded.model, frame(records, loaded.features), loaded.task)
+
+
+def frame_scores(loaded: LoadedModel, X: pd.DataFrame) -> np.ndarray:
+    """The same for a frame of validated rows (batch scoring): columns straight to arrays."""
+    if loaded.compiled is not None:
+        return loaded.compiled.run(loaded.compiled.frame_feeds(X))
+    return _scores(loaded.model, X[loaded.features], loaded.task)
+
+
+def labels(loaded: LoadedModel, proba: np.ndarray) -> list[Any]:
+    return [_plain(v) for v in np.asarray(loaded.classes, dtype=object)[proba.argmax(axis=1)]]
+
+
 def answer_frame(loaded: LoadedModel, X: pd.DataFrame) -> tuple[list[Any], pd.DataFrame | None]:
     """Predictions for a frame, and for classification a frame of `probability_<class>` columns."""
-    X = X[loaded.features]
+    scores = frame_scores(loaded, X)
     if loaded.task != "classification":
-        return [float(v) for v in loaded.model.predict(X)], None
-    proba = loaded.model.predict_proba(X)
-    labels = np.asarray(loaded.classes, dtype=object)[proba.argmax(axis=1)]
+        return scores.astype(float).ravel().tolist(), None
     columns = [f"probability_{c}" for c in loaded.classes]
-    return [_plain(v) for v in labels], pd.DataFrame(proba, columns=columns).round(6)
+    return labels(loaded, scores), pd.DataFrame(scores.astype(float), columns=columns).round(6)
 
 
 def answer(
     loaded: LoadedModel, records: list[dict[str, Any]]
 ) -> tuple[list[Any], list[dict[str, float]] | None]:
-    """Predictions, and class probabilities for classification, one per record.
-
-    Records are already validated against the contract, so scikit-learn's own finiteness and
-    parameter checks are skipped; the array path avoids a DataFrame per call.
-    """
-    import sklearn
-
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-        if loaded.arrays is not None:
-            scores = _scores(loaded.arrays.estimator, loaded.arrays.transform(records), loaded.task)
-        else:
-            scores = _scores(loaded.model, frame(records, loaded.features), loaded.task)
+    """Predictions, and class probabilities for classification, one per record."""
+    scores = record_scores(loaded, records)
     if loaded.task != "classification":
-        return [float(v) for v in scores], None
-    proba = scores
-    labels = np.asarray(loaded.classes, dtype=object)[proba.argmax(axis=1)]
-    probabilities = [
-        {str(c): round(float(p), 6) for c, p in zip(loaded.classes, row, strict=True)} for row in proba
-    ]
-    return [_plain(v) for v in labels], probabilities
+        return scores.astype(float).ravel().tolist(), None
+    names = [str(c) for c in loaded.classes]
+    rounded = np.round(scores.astype(float), 6).tolist()
+    return labels(loaded, scores), [dict(zip(names, row, strict=True)) for row in rounded]
 
 
 def predict(loaded: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def project(tmp_path, monkeypatch):
     return tmp_path, new_project(tmp_path)
 
 
-def package_project(root, params, repo, limits=None):
+def package_project(root, params, repo, limits=None, compile=None):
     """Copy what the bento needs into `root`, infer the data contract, and run `make package`'s
     code in a subprocess (BentoML fixes its home at first import). Returns the package record."""
     import json
@@ -78,7 +78,13 @@ def package_project(root, params, repo, limits=None):
     for name in ("bentofile.yaml", *included):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(repo / name, root / name)
-    params["serving"] = {"bentoml_home": str(root / "bentoml"), "limits": limits or {}}
+    settings = yaml.safe_load((repo / "params.yaml").read_text())["serving"]
+    params["serving"] = {
+        "bentoml_home": str(root / "bentoml"),
+        "limits": limits or {},
+        "compile": compile or settings["compile"],
+        "parity": settings["parity"],
+    }
     params["paths"]["contract"] = str(root / "contract.yaml")
     params["paths"]["bento"] = str(root / "bento.json")
     frame = pd.read_parquet(params["paths"]["train"])

@@ -1,0 +1,220 @@
+"""The compiled champion: parity with scikit-learn for every candidate type, and the fallback.
+
+Classification runs on the default data set with the candidates params.yaml defines; regression
+on a data set made here, with missing values the pipeline imputes. Nothing is mocked: real
+skl2onnx conversions, checked in a real onnxruntime session.
+"""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from champion_support import make_frame
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
+
+from pipelines import compile, config, metrics, models, serving, split
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = config.load_params(REPO / "params.yaml")
+BOUNDS = PARAMS["serving"]["parity"]
+
+
+@pytest.fixture(scope="module")
+def default_data():
+    data = PARAMS["data"]
+    frame = pd.read_csv(REPO / data["source"])
+    train, holdout = split.split_frame(
+        frame, target=data["target"], task="classification", holdout_size=0.2, seed=PARAMS["seed"]
+    )
+    return train, holdout
+
+
+def fitted(kind_spec, train, target, ignore, task, name="cand"):
+    X, y = split.features_and_target(train, target, ignore)
+    pipeline = models.build_pipeline(
+        name, kind_spec, features=X, feature_params=PARAMS["features"], task=task, seed=0
+    )
+    return models.fit(pipeline, X, y, name)
+
+
+def loaded_model(model, onnx_bytes, record, task):
+    """The model as the service holds it, answering through the compiled graph."""
+    classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
+    compiled = serving.CompiledPath(onnx_bytes, record["inputs"], task)
+    return serving.LoadedModel(
+        model=model,
+        version="1",
+        task=task,
+        features=list(model.feature_names_in_),
+        classes=classes,
+        compiled=compiled,
+    )
+
+
+def holdout_records(holdout, features):
+    return json.loads(holdout[features].to_json(orient="records"))
+
+
+@pytest.mark.parametrize("candidate", list(PARAMS["train"]["candidates"]))
+def test_every_default_candidate_compiles_and_matches(default_data, candidate):
+    threadpool_limits(1)
+    train, holdout = default_data
+    data = PARAMS["data"]
+    model = fitted(
+        PARAMS["train"]["candidates"][candidate], train, data["target"], data["ignore"], "classification"
+    )
+    positive = metrics.positive_label(holdout[data["target"]], data["positive_class"])
+    onnx_bytes, record = compile.compile_model(
+        model,
+        holdout,
+        target=data["target"],
+        task="classification",
+        positive=positive,
+        metric="roc_auc",
+        bounds=BOUNDS,
+    )
+    assert record["reason"] is None and onnx_bytes is not None, record
+    assert record["engine"] == "onnx" and record["parity"]["passed"]
+    assert record["parity"]["rows"] == len(holdout)
+    assert record["parity"]["label_agreement"] >= BOUNDS["min_label_agreement"]
+    assert record["parity"]["metric_delta"] <= BOUNDS["max_metric_delta"]
+    assert set(record["versions"]) >= {"skl2onnx", "onnx", "onnxruntime"}
+
+    # The served answer, records in, equals the scikit-learn champion's within the bounds.
+    loaded = loaded_model(model, onnx_bytes, record, "classification")
+    features = loaded.features
+    labels, probabilities = serving.answer(loaded, holdout_records(holdout, features))
+    expected = model.predict(holdout[features])
+    assert np.mean(np.asarray(labels) == expected) >= BOUNDS["min_label_agreement"]
+    served = np.array([[p[str(c)] for c in loaded.classes] for p in probabilities])
+    reference = model.predict_proba(holdout[features])
+    delta = abs(
+        metrics.classification_scores(holdout[data["target"]], served, model.classes_, positive)["roc_auc"]
+        - metrics.classification_scores(holdout[data["target"]], reference, model.classes_, positive)[
+            "roc_auc"
+        ]
+    )
+    assert delta <= BOUNDS["max_metric_delta"]
+    # Batch scoring goes through the compiled graph too, and answers exactly as the request path.
+    batch_labels, batch_probabilities = serving.answer_frame(loaded, holdout)
+    assert batch_labels == labels
+    assert np.allclose(batch_probabilities.to_numpy(), served, atol=1e-6)
+
+
+def regression_frames():
+    train, holdout = make_frame(800, 1), make_frame(300, 2)
+    for frame in (train, holdout):
+        frame["label"] = frame["x1"] * 3 - frame["x2"] + (frame["color"] == "red") * 2 + 10
+        frame.loc[frame.index % 17 == 0, "x2"] = np.nan  # imputed by the pipeline
+        frame.loc[frame.index % 23 == 0, "color"] = None
+    return train, holdout
+
+
+@pytest.mark.parametrize("kind", ["ridge", "random_forest", "hist_gradient_boosting"])
+def test_regression_candidates_compile_and_match(kind):
+    threadpool_limits(1)
+    train, holdout = regression_frames()
+    spec = {"model": kind, "params": {"n_estimators": 30} if kind == "random_forest" else {}}
+    model = fitted(spec, train, "label", ["id"], "regression")
+    onnx_bytes, record = compile.compile_model(
+        model, holdout, target="label", task="regression", positive=None, metric="r2", bounds=BOUNDS
+    )
+    assert record["engine"] == "onnx", record["reason"]
+    parity = record["parity"]
+    assert parity["max_relative_error"] <= BOUNDS["max_relative_error"] or (
+        parity["metric_delta"] <= BOUNDS["max_metric_delta"]
+    )
+    loaded = loaded_model(model, onnx_bytes, record, "regression")
+    predictions, probabilities = serving.answer(loaded, holdout_records(holdout, loaded.features))
+    assert probabilities is None
+    expected = model.predict(holdout[loaded.features])
+    r2_served = metrics.regression_scores(holdout["label"], np.asarray(predictions))["r2"]
+    r2_sklearn = metrics.regression_scores(holdout["label"], expected)["r2"]
+    assert abs(r2_served - r2_sklearn) <= BOUNDS["max_metric_delta"]
+    assert np.allclose(predictions, expected, rtol=1e-3)  # records with missing values included
+
+
+class HandMadeModel(LogisticRegression):
+    """A subclass skl2onnx has no converter for: what a custom estimator looks like to it."""
+
+
+def small_classification():
+    train, holdout = make_frame(400, 1), make_frame(200, 2)
+    return holdout, split.features_and_target(train, "label", ["id"])
+
+
+def test_a_model_that_cannot_be_converted_is_served_by_sklearn_with_the_reason():
+    holdout, (X, y) = small_classification()
+    model = models.build_pipeline(
+        "cand", {"model": "logistic_regression"}, features=X, feature_params={}, task="classification", seed=0
+    )
+    model.steps[-1] = ("model", HandMadeModel())
+    model.fit(X, y)
+    onnx_bytes, record = compile.compile_model(
+        model, holdout, target="label", task="classification", positive="yes", metric="roc_auc", bounds=BOUNDS
+    )
+    assert onnx_bytes is None
+    assert record["engine"] == "sklearn"
+    assert record["reason"].startswith("conversion failed") and "HandMadeModel" in record["reason"]
+
+
+def test_a_compiled_model_that_misses_parity_is_never_served():
+    """A converter that is subtly wrong: it compiles a model fitted on shuffled labels."""
+    holdout, (X, y) = small_classification()
+    build = lambda: models.build_pipeline(  # noqa: E731
+        "cand", {"model": "logistic_regression"}, features=X, feature_params={}, task="classification", seed=0
+    )
+    model = build().fit(X, y)
+    wrong = build().fit(X, y.sample(frac=1, random_state=3).to_numpy())
+
+    def wrong_converter(stripped, inputs):
+        return compile.to_onnx(compile.without_imputers(wrong)[0], inputs)
+
+    onnx_bytes, record = compile.compile_model(
+        model,
+        holdout,
+        target="label",
+        task="classification",
+        positive="yes",
+        metric="roc_auc",
+        bounds=BOUNDS,
+        convert=wrong_converter,
+    )
+    assert onnx_bytes is None and record["engine"] == "sklearn"
+    assert record["reason"].startswith("parity missed")
+    assert not record["parity"]["passed"] and record["parity"]["misses"]
+
+
+def test_a_tampered_compiled_file_is_not_served(tmp_path):
+    """The service loads the graph only if its hash is the one that passed parity."""
+    holdout, (X, y) = small_classification()
+    model = models.build_pipeline(
+        "cand", {"model": "logistic_regression"}, features=X, feature_params={}, task="classification", seed=0
+    ).fit(X, y)
+    onnx_bytes, record = compile.compile_model(
+        model, holdout, target="label", task="classification", positive="yes", metric="roc_auc", bounds=BOUNDS
+    )
+    meta = {"task": "classification", "compiled": record}
+    (tmp_path / serving.COMPILED_FILE).write_bytes(onnx_bytes)
+    assert serving.compiled_path(tmp_path, meta) is not None
+    (tmp_path / serving.COMPILED_FILE).write_bytes(onnx_bytes + b"\0")
+    assert serving.compiled_path(tmp_path, meta) is None
+    assert serving.compiled_path(tmp_path, {**meta, "compiled": {**record, "engine": "sklearn"}}) is None
+
+
+def test_the_engine_is_named_by_the_path_that_answers():
+    holdout, (X, y) = small_classification()
+    model = models.build_pipeline(
+        "cand", {"model": "logistic_regression"}, features=X, feature_params={}, task="classification", seed=0
+    ).fit(X, y)
+    onnx_bytes, record = compile.compile_model(
+        model, holdout, target="label", task="classification", positive="yes", metric="roc_auc", bounds=BOUNDS
+    )
+    loaded = loaded_model(model, onnx_bytes, record, "classification")
+    assert loaded.engine == "onnx"
+    assert replace(loaded, compiled=None).engine == "sklearn-frame"
+    assert replace(loaded, compiled=None, arrays=serving.array_path(model)).engine == "sklearn-arrays"
