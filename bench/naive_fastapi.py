@@ -1,6 +1,6 @@
 """The naive hand-written baseline: FastAPI, one DataFrame per request, the same packaged model.
 
-    BENTOML_MODEL_DIR=<path> uvicorn bench.naive_fastapi:app --host 127.0.0.1 --port N
+BENTOML_MODEL_DIR=<path> uvicorn bench.naive_fastapi:app --host 127.0.0.1 --port N
 """
 
 import os

@@ -49,6 +49,7 @@ def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any, params: dic
         "optional_fields": optional,
         "target": params["data"]["target"],
         "limits": {**serving.DEFAULT_LIMITS, **(params["serving"].get("limits") or {})},
+        "service": {k: params["serving"][k] for k in ("workers", "trace_requests") if k in params["serving"]},
         "version": str(version.version),
         "registered_model": version.name,
         "run_id": version.run_id,
@@ -127,6 +128,8 @@ def import_champion(client: Any, name: str, params: dict) -> Any:
             params["data"]["target"],
             params["serving"].get("compile"),
             params["serving"].get("parity"),
+            params["serving"].get("workers"),
+            params["serving"].get("trace_requests"),
         ]
     )
     for existing in bentoml.models.list():

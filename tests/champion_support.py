@@ -84,6 +84,8 @@ def package_project(root, params, repo, limits=None, compile=None):
         "limits": limits or {},
         "compile": compile or settings["compile"],
         "parity": settings["parity"],
+        "workers": settings["workers"],
+        "trace_requests": settings["trace_requests"],
     }
     params["paths"]["contract"] = str(root / "contract.yaml")
     params["paths"]["bento"] = str(root / "bento.json")

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from champion_support import make_frame
+from champion_support import make_frame, package_project, project, train_candidate  # noqa: F401
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from pipelines import compile, config, metrics, models, serving, split
+from pipelines import compile, config, metrics, models, serving, split, tracking
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = config.load_params(REPO / "params.yaml")
@@ -59,6 +59,7 @@ def holdout_records(holdout, features):
     return json.loads(holdout[features].to_json(orient="records"))
 
 
+@pytest.mark.filterwarnings("ignore:The y_prob values do not sum to one")  # float32 probabilities
 @pytest.mark.parametrize("candidate", list(PARAMS["train"]["candidates"]))
 def test_every_default_candidate_compiles_and_matches(default_data, candidate):
     threadpool_limits(1)
@@ -218,3 +219,43 @@ def test_the_engine_is_named_by_the_path_that_answers():
     assert loaded.engine == "onnx"
     assert replace(loaded, compiled=None).engine == "sklearn-frame"
     assert replace(loaded, compiled=None, arrays=serving.array_path(model)).engine == "sklearn-arrays"
+
+
+def packaged_meta(record):
+    name, version = record["model"].split(":")
+    return json.loads(
+        (Path(record["bentoml_home"]) / "models" / name / version / serving.META_FILE).read_text()
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("choice", ["onnx", "none"])
+def test_packaging_records_the_engine_with_the_bento_and_in_mlflow(project, choice):
+    """`make package` compiles (or not), and says what serves and why, in the bento and MLflow."""
+    import mlflow
+
+    from pipelines import promote
+
+    root, params = project
+    train_candidate(params, hide=[])
+    assert promote.run_promotion(root, params)["promoted"]
+    record = package_project(root, params, REPO, compile=choice)
+    meta = packaged_meta(record)
+    model_dir = Path(record["bentoml_home"]) / "models" / Path(*record["model"].split(":"))
+    client = mlflow.MlflowClient(tracking.tracking_uri(Path(params["tracking"]["store"])))
+    version = client.get_model_version(params["promote"]["registered_model"], record["registry_version"])
+    logged = client.list_artifacts(version.run_id, "compiled")
+    if choice == "onnx":
+        assert record["engine"] == meta["compiled"]["engine"] == "onnx"
+        assert meta["compiled"]["parity"]["passed"] and meta["compiled"]["reason"] is None
+        assert (model_dir / serving.COMPILED_FILE).is_file()
+        assert {Path(a.path).name for a in logged} == {"record.json", serving.COMPILED_FILE}
+        assert serving.load(model_dir).engine == "onnx"
+    else:
+        assert record["engine"] == meta["compiled"]["engine"] == "sklearn"
+        assert "serving.compile is 'none'" in meta["compiled"]["reason"]
+        assert not (model_dir / serving.COMPILED_FILE).exists()
+        assert {Path(a.path).name for a in logged} == {"record.json"}
+        assert serving.load(model_dir).engine.startswith("sklearn")
+    assert version.tags["serving.engine"] == meta["compiled"]["engine"]
+    assert version.tags["serving.engine_reason"] == (meta["compiled"]["reason"] or "")

@@ -15,11 +15,14 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from champion_support import free_port, new_project, package_project, serve, stop, train_candidate
+from sklearn.metrics import roc_auc_score
 
-from pipelines import promote
+from pipelines import promote, serving
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -230,6 +233,29 @@ def test_metadata_names_version_lineage_and_metrics(server):
     assert meta["version"] == "1" and meta["registered_model"] == "test-model"
     assert set(meta["lineage"]) >= {"lineage.git_commit", "lineage.data_md5", "lineage.params_hash"}
     assert set(meta["features"]) == {"x1", "x2", "color"} and meta["classes"] == ["no", "yes"]
+    assert meta["runtime"]["engine"] == "onnx" and meta["runtime"]["compile_reason"] is None
+    assert meta["runtime"]["parity"]["passed"] and meta["runtime"]["versions"]["onnxruntime"]
+
+
+def test_served_answers_match_the_sklearn_champion_on_the_holdout(server, packaged):
+    """The compiled graph serves; its answers for every holdout row equal the scikit-learn
+    champion's within the parity bounds of params.yaml."""
+    client, _, _ = server
+    root, record, _ = packaged
+    bounds = yaml.safe_load((REPO / "params.yaml").read_text())["serving"]["parity"]
+    champion = serving.load(Path(record["bentoml_home"]) / "models" / Path(*record["model"].split(":")))
+    holdout = pd.read_parquet(root / "holdout.parquet")
+    X = holdout[champion.features]
+    rows = json.loads(X.to_json(orient="records"))
+    labels, proba = [], []
+    for start in range(0, len(rows), LIMITS["max_records"]):
+        body = client.post("/predict", json={"records": rows[start : start + LIMITS["max_records"]]}).json()
+        labels += body["predictions"]
+        proba += [p["yes"] for p in body["probabilities"]]
+    assert np.mean(np.array(labels) == champion.model.predict(X)) >= bounds["min_label_agreement"]
+    truth = holdout["label"] == "yes"
+    reference = roc_auc_score(truth, champion.model.predict_proba(X)[:, 1])
+    assert abs(roc_auc_score(truth, proba) - reference) <= bounds["max_metric_delta"]
 
 
 def test_openapi_describes_the_contract(server):
