@@ -100,12 +100,13 @@ def run(source: str, target: str, rejects: str, chunk_rows: int, model_path: Pat
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
-    loaded = serving.load(model_path)
+    loaded = serving.load(model_path, threads=0)  # a batch job may use every core
     limits = {**serving.DEFAULT_LIMITS, **loaded.meta.get("limits", {})}
     passthrough = set(loaded.meta.get("optional_fields", {})) | {loaded.meta.get("target")}
     out, bad = Sink(target), Sink(rejects)
     ok = False
     try:
+        # One OpenMP thread for the scikit-learn fallback: its spin-waiting stalls a busy box.
         with threadpool_limits(1), tqdm(total=total_rows(source), unit="rows", desc="scoring") as bar:
             for chunk in chunks(source, chunk_rows):
                 check_columns(list(chunk.columns), loaded.meta["fields"], passthrough)

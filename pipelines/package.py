@@ -19,6 +19,7 @@ import yaml
 from pipelines import config, dataio, registry, serving, tracking
 from pipelines.errors import ParamsError, PipelineError
 
+SERVICE_KEYS = ("workers", "trace_requests", "access_log")  # BentoML settings, packaged with the model
 PARITY_KEYS = ("min_label_agreement", "max_metric_delta", "max_relative_error")
 
 
@@ -49,7 +50,7 @@ def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any, params: dic
         "optional_fields": optional,
         "target": params["data"]["target"],
         "limits": {**serving.DEFAULT_LIMITS, **(params["serving"].get("limits") or {})},
-        "service": {k: params["serving"][k] for k in ("workers", "trace_requests") if k in params["serving"]},
+        "service": {k: params["serving"][k] for k in SERVICE_KEYS if k in params["serving"]},
         "version": str(version.version),
         "registered_model": version.name,
         "run_id": version.run_id,
@@ -128,8 +129,7 @@ def import_champion(client: Any, name: str, params: dict) -> Any:
             params["data"]["target"],
             params["serving"].get("compile"),
             params["serving"].get("parity"),
-            params["serving"].get("workers"),
-            params["serving"].get("trace_requests"),
+            *(params["serving"].get(k) for k in SERVICE_KEYS),
         ]
     )
     for existing in bentoml.models.list():

@@ -46,6 +46,8 @@ def service_options(meta: dict[str, Any]) -> dict[str, Any]:
     """BentoML service settings from params.yaml's `serving` section, packaged with the model."""
     settings = meta.get("service") or {}
     options: dict[str, Any] = {"workers": int(settings.get("workers", 1))}
+    if not settings.get("access_log", True):
+        options["logging"] = {"access": {"enabled": False}}
     if not settings.get("trace_requests", False):
         # OpenTelemetry's ASGI middleware cost ~0.35 ms of CPU per request here, a third of a
         # prediction's, even with BentoML's default sample rate of 0, which exports no span.
@@ -170,14 +172,19 @@ class CompiledPath:
 
     DTYPES: ClassVar[dict[str, Any]] = {"float": np.float32, "int64": np.int64, "string": object}
 
-    def __init__(self, onnx: bytes | str | Path, inputs: list[dict[str, Any]], task: str) -> None:
+    def __init__(
+        self, onnx: bytes | str | Path, inputs: list[dict[str, Any]], task: str, threads: int = 1
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        # One request is a few microseconds of work: threads would only add hand-offs.
-        options.intra_op_num_threads = 1
+        # A request is microseconds of work: one thread, as more would only add hand-offs. Batch
+        # scoring passes threads=0 (every core), without spin-waiting, which a busy box punishes.
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads != 1:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = str(onnx) if isinstance(onnx, Path) else onnx
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.inputs = [(i["name"], self.DTYPES[i["type"]], i.get("fill")) for i in inputs]
@@ -209,7 +216,7 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def compiled_path(path: Path, meta: dict[str, Any]) -> CompiledPath | None:
+def compiled_path(path: Path, meta: dict[str, Any], threads: int = 1) -> CompiledPath | None:
     """The verified compiled model, or None: never one whose file is not the one that passed parity."""
     record = meta.get("compiled") or {}
     file = path / COMPILED_FILE
@@ -218,7 +225,7 @@ def compiled_path(path: Path, meta: dict[str, Any]) -> CompiledPath | None:
     if file_sha256(file) != record.get("sha256"):
         log.error("%s differs from the file that passed parity: serving scikit-learn", file)
         return None
-    return CompiledPath(file, record["inputs"], meta["task"])
+    return CompiledPath(file, record["inputs"], meta["task"], threads)
 
 
 @dataclass(frozen=True)
@@ -240,8 +247,9 @@ class LoadedModel:
         return "sklearn-arrays" if self.arrays is not None else "sklearn-frame"
 
 
-def load(path: str | Path) -> LoadedModel:
-    """A packaged model: skops file plus meta.json. skops only trusts the listed types."""
+def load(path: str | Path, threads: int = 1) -> LoadedModel:
+    """A packaged model: skops file plus meta.json. skops only trusts the listed types.
+    `threads` is the compiled model's thread count (0: every core)."""
     import skops.io
 
     path = Path(path)
@@ -256,7 +264,7 @@ def load(path: str | Path) -> LoadedModel:
         classes=classes,
         meta=meta,
         arrays=array_path(model),
-        compiled=compiled_path(path, meta),
+        compiled=compiled_path(path, meta, threads),
     )
     return loaded if _array_path_agrees(loaded) else replace(loaded, arrays=None)
 

@@ -86,6 +86,7 @@ def package_project(root, params, repo, limits=None, compile=None):
         "parity": settings["parity"],
         "workers": settings["workers"],
         "trace_requests": settings["trace_requests"],
+        "access_log": settings["access_log"],
     }
     params["paths"]["contract"] = str(root / "contract.yaml")
     params["paths"]["bento"] = str(root / "bento.json")
