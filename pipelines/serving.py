@@ -194,10 +194,13 @@ class CompiledPath:
             raise ValueError(f"the compiled graph has no '{self.output}' output: {outputs}")
 
     def record_feeds(self, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        return {
-            name: np.array([[fill if r.get(name) is None else r[name]] for r in records], dtype=dtype)
-            for name, dtype, fill in self.inputs
-        }
+        feeds = {}
+        for name, dtype, fill in self.inputs:
+            values = [r.get(name) for r in records]
+            if fill is not None and None in values:
+                values = [fill if v is None else v for v in values]
+            feeds[name] = np.array(values, dtype=dtype).reshape(-1, 1)
+        return feeds
 
     def frame_feeds(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         feeds = {}
