@@ -100,7 +100,8 @@ def run(source: str, target: str, rejects: str, chunk_rows: int, model_path: Pat
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
-    loaded = serving.load(model_path, threads=0)  # a batch job may use every core
+    with threadpool_limits(1):  # see below
+        loaded = serving.load(model_path, threads=0)  # the compiled graph may use every core
     limits = {**serving.DEFAULT_LIMITS, **loaded.meta.get("limits", {})}
     passthrough = set(loaded.meta.get("optional_fields", {})) | {loaded.meta.get("target")}
     out, bad = Sink(target), Sink(rejects)

@@ -266,9 +266,11 @@ def load(path: str | Path, threads: int = 1) -> LoadedModel:
         features=list(model.feature_names_in_),
         classes=classes,
         meta=meta,
-        arrays=array_path(model),
         compiled=compiled_path(path, meta, threads),
     )
+    if loaded.compiled is not None:
+        return loaded  # the array path is the scikit-learn fallback's; no need to build and probe it
+    loaded = replace(loaded, arrays=array_path(model))
     return loaded if _array_path_agrees(loaded) else replace(loaded, arrays=None)
 
 
