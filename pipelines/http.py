@@ -107,6 +107,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
+            if self.inline:
+                # Let the requests that are ready submit first: under load they join this batch
+                # (and count against max_queue_rows); alone, a request waits one loop turn.
+                await asyncio.sleep(0)
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             rows = [row for items, _ in batch for row in items]
