@@ -141,10 +141,8 @@ def in_process(loaded, records: list[dict], seconds: float) -> dict[str, dict]:
     from pipelines import serving
 
     sklearn = repeat(
-        lambda r: (
-            loaded.model.predict_proba(pd.DataFrame.from_records([r], columns=loaded.features))
-            if loaded.task == "classification"
-            else loaded.model.predict(pd.DataFrame.from_records([r], columns=loaded.features))
+        lambda r: serving.model_scores(
+            loaded.model, pd.DataFrame.from_records([r], columns=loaded.features), loaded.task
         ),
         records,
         seconds,
@@ -184,9 +182,7 @@ def breakdown(loaded, records: list[dict], workdir: Path) -> dict[str, float]:
                 feeds = timed("feature arrays", loaded.compiled.record_feeds, rows)
                 timed("model (onnxruntime)", loaded.compiled.run, feeds)
             predictions, probabilities = timed("whole answer()", serving.answer, loaded, rows)
-            answer = {"request_id": "x" * 32, "model_version": loaded.version, "predictions": predictions}
-            if probabilities is not None:
-                answer["probabilities"] = probabilities
+            answer = serving.response_body("x" * 32, loaded.version, predictions, probabilities)
             timed(
                 "prediction log write",
                 prediction_log,
@@ -284,7 +280,7 @@ def batch_scoring(
         )
 
     def predict_only(chunk: pd.DataFrame) -> None:
-        loaded.model.predict_proba(chunk) if task == "classification" else loaded.model.predict(chunk)
+        serving.model_scores(loaded.model, chunk, task)
 
     with threadpool_limits(every_core):  # as batch-predict's compiled graph has
         all_cores = timed_runs({"every core": predict_only}, chunks)["every core"]
@@ -492,7 +488,7 @@ def main() -> int:
     times = []
     for _ in range(5):
         start_time = time.perf_counter()
-        loaded.model.predict_proba(X) if loaded.task == "classification" else loaded.model.predict(X)
+        serving.model_scores(loaded.model, X, loaded.task)
         times.append(time.perf_counter() - start_time)
     batch_rows = {"in-process sklearn predict": round(len(batch) / statistics.median(times), 1)}
 

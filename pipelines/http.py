@@ -371,13 +371,7 @@ def create_app(meta: dict[str, Any], engine_ref: Callable[[], Engine]) -> Any:
         engine.latency.observe(elapsed)
         if engine.monitor is not None:
             engine.monitor(request_id, engine.loaded.version, rows, predictions, probabilities, latency_ms)
-        answer = {
-            "request_id": request_id,
-            "model_version": engine.loaded.version,
-            "predictions": predictions,
-        }
-        if probabilities is not None:
-            answer["probabilities"] = probabilities
+        answer = serving.response_body(request_id, engine.loaded.version, predictions, probabilities)
         # Built by us from plain values: FastAPI's re-validation against the response model
         # would cost more than the compiled model's call. The model still documents the schema.
         return FastJSONResponse(answer)

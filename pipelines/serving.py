@@ -170,7 +170,7 @@ class CompiledPath:
     what the scikit-learn imputer would have put there; the graph holds the rest of the pipeline.
     """
 
-    DTYPES: ClassVar[dict[str, Any]] = {"float": np.float32, "int64": np.int64, "string": object}
+    DTYPES: ClassVar[dict[str, Any]] = {"float": np.float32, "string": object}
 
     def __init__(
         self, onnx: bytes | str | Path, inputs: list[dict[str, Any]], task: str, threads: int = 1
@@ -299,12 +299,13 @@ def _array_path_agrees(loaded: LoadedModel) -> bool:
     if loaded.arrays is None or "fields" not in loaded.meta:
         return False
     rows = probe_records(loaded.meta["fields"])
-    via_frame = _scores(loaded.model, frame(rows, loaded.features), loaded.task)
-    via_arrays = _scores(loaded.arrays.estimator, loaded.arrays.transform(rows), loaded.task)
+    via_frame = model_scores(loaded.model, frame(rows, loaded.features), loaded.task)
+    via_arrays = model_scores(loaded.arrays.estimator, loaded.arrays.transform(rows), loaded.task)
     return bool(np.allclose(via_frame, via_arrays, rtol=0, atol=1e-9))
 
 
-def _scores(model: Any, X: Any, task: str) -> np.ndarray:
+def model_scores(model: Any, X: Any, task: str) -> np.ndarray:
+    """Class probabilities (classification) or predictions of a scikit-learn model."""
     return model.predict_proba(X) if task == "classification" else model.predict(X)
 
 
@@ -326,15 +327,15 @@ def record_scores(loaded: LoadedModel, records: list[dict[str, Any]]) -> np.ndar
     # Records are already validated against the contract: skip scikit-learn's own checks.
     with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
         if loaded.arrays is not None:
-            return _scores(loaded.arrays.estimator, loaded.arrays.transform(records), loaded.task)
-        return _scores(loaded.model, frame(records, loaded.features), loaded.task)
+            return model_scores(loaded.arrays.estimator, loaded.arrays.transform(records), loaded.task)
+        return model_scores(loaded.model, frame(records, loaded.features), loaded.task)
 
 
 def frame_scores(loaded: LoadedModel, X: pd.DataFrame) -> np.ndarray:
     """The same for a frame of validated rows (batch scoring): columns straight to arrays."""
     if loaded.compiled is not None:
         return loaded.compiled.run(loaded.compiled.frame_feeds(X))
-    return _scores(loaded.model, X[loaded.features], loaded.task)
+    return model_scores(loaded.model, X[loaded.features], loaded.task)
 
 
 def labels(loaded: LoadedModel, proba: np.ndarray) -> list[Any]:
@@ -362,17 +363,19 @@ def answer(
     return labels(loaded, scores), [dict(zip(names, row, strict=True)) for row in rounded]
 
 
+def response_body(
+    request_id: str, version: str, predictions: list[Any], probabilities: list[dict] | None
+) -> dict[str, Any]:
+    """The body of a /predict answer (PredictResponse's fields; probabilities for classification)."""
+    body: dict[str, Any] = {"request_id": request_id, "model_version": version, "predictions": predictions}
+    if probabilities is not None:
+        body["probabilities"] = probabilities
+    return body
+
+
 def predict(loaded: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any]:
     """The full answer to one request, as the service returns it."""
-    predictions, probabilities = answer(loaded, records)
-    result: dict[str, Any] = {
-        "model_version": loaded.version,
-        "request_id": uuid.uuid4().hex,
-        "predictions": predictions,
-    }
-    if probabilities is not None:
-        result["probabilities"] = probabilities
-    return result
+    return response_body(uuid.uuid4().hex, loaded.version, *answer(loaded, records))
 
 
 def row_problems(frame: pd.DataFrame, fields: dict[str, dict], max_string_length: int) -> pd.Series:

@@ -78,15 +78,13 @@ def package_project(root, params, repo, limits=None, compile=None):
     for name in ("bentofile.yaml", *included):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(repo / name, root / name)
+    # The project's own serving settings (compile, parity, workers, ...), with a store and limits here.
     settings = yaml.safe_load((repo / "params.yaml").read_text())["serving"]
     params["serving"] = {
+        **settings,
         "bentoml_home": str(root / "bentoml"),
         "limits": limits or {},
         "compile": compile or settings["compile"],
-        "parity": settings["parity"],
-        "workers": settings["workers"],
-        "trace_requests": settings["trace_requests"],
-        "access_log": settings["access_log"],
     }
     params["paths"]["contract"] = str(root / "contract.yaml")
     params["paths"]["bento"] = str(root / "bento.json")

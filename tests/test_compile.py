@@ -143,21 +143,35 @@ class HandMadeModel(LogisticRegression):
     """A subclass skl2onnx has no converter for: what a custom estimator looks like to it."""
 
 
-def small_classification():
-    train, holdout = make_frame(400, 1), make_frame(200, 2)
-    return holdout, split.features_and_target(train, "label", ["id"])
+SMALL = make_frame(400, 1), make_frame(200, 2)  # train, holdout
 
 
-def test_a_model_that_cannot_be_converted_is_served_by_sklearn_with_the_reason():
-    holdout, (X, y) = small_classification()
+def small_model(estimator=None, labels=None):
+    """A logistic-regression pipeline (or `estimator` in its place) fitted on the small set."""
+    X, y = split.features_and_target(SMALL[0], "label", ["id"])
     model = models.build_pipeline(
         "cand", {"model": "logistic_regression"}, features=X, feature_params={}, task="classification", seed=0
     )
-    model.steps[-1] = ("model", HandMadeModel())
-    model.fit(X, y)
-    onnx_bytes, record = compile.compile_model(
-        model, holdout, target="label", task="classification", positive="yes", metric="roc_auc", bounds=BOUNDS
+    if estimator is not None:
+        model.steps[-1] = ("model", estimator)
+    return model.fit(X, y if labels is None else labels(y))
+
+
+def compile_small(model, **options):
+    return compile.compile_model(
+        model,
+        SMALL[1],
+        target="label",
+        task="classification",
+        positive="yes",
+        metric="roc_auc",
+        bounds=BOUNDS,
+        **options,
     )
+
+
+def test_a_model_that_cannot_be_converted_is_served_by_sklearn_with_the_reason():
+    onnx_bytes, record = compile_small(small_model(HandMadeModel()))
     assert onnx_bytes is None
     assert record["engine"] == "sklearn"
     assert record["reason"].startswith("conversion failed") and "HandMadeModel" in record["reason"]
@@ -165,26 +179,12 @@ def test_a_model_that_cannot_be_converted_is_served_by_sklearn_with_the_reason()
 
 def test_a_compiled_model_that_misses_parity_is_never_served():
     """A converter that is subtly wrong: it compiles a model fitted on shuffled labels."""
-    holdout, (X, y) = small_classification()
-    build = lambda: models.build_pipeline(  # noqa: E731
-        "cand", {"model": "logistic_regression"}, features=X, feature_params={}, task="classification", seed=0
-    )
-    model = build().fit(X, y)
-    wrong = build().fit(X, y.sample(frac=1, random_state=3).to_numpy())
+    wrong = small_model(labels=lambda y: y.sample(frac=1, random_state=3).to_numpy())
 
     def wrong_converter(stripped, inputs):
         return compile.to_onnx(compile.without_imputers(wrong)[0], inputs)
 
-    onnx_bytes, record = compile.compile_model(
-        model,
-        holdout,
-        target="label",
-        task="classification",
-        positive="yes",
-        metric="roc_auc",
-        bounds=BOUNDS,
-        convert=wrong_converter,
-    )
+    onnx_bytes, record = compile_small(small_model(), convert=wrong_converter)
     assert onnx_bytes is None and record["engine"] == "sklearn"
     assert record["reason"].startswith("parity missed")
     assert not record["parity"]["passed"] and record["parity"]["misses"]
@@ -192,13 +192,7 @@ def test_a_compiled_model_that_misses_parity_is_never_served():
 
 def test_a_tampered_compiled_file_is_not_served(tmp_path):
     """The service loads the graph only if its hash is the one that passed parity."""
-    holdout, (X, y) = small_classification()
-    model = models.build_pipeline(
-        "cand", {"model": "logistic_regression"}, features=X, feature_params={}, task="classification", seed=0
-    ).fit(X, y)
-    onnx_bytes, record = compile.compile_model(
-        model, holdout, target="label", task="classification", positive="yes", metric="roc_auc", bounds=BOUNDS
-    )
+    onnx_bytes, record = compile_small(small_model())
     meta = {"task": "classification", "compiled": record}
     (tmp_path / serving.COMPILED_FILE).write_bytes(onnx_bytes)
     assert serving.compiled_path(tmp_path, meta) is not None
@@ -208,13 +202,8 @@ def test_a_tampered_compiled_file_is_not_served(tmp_path):
 
 
 def test_the_engine_is_named_by_the_path_that_answers():
-    holdout, (X, y) = small_classification()
-    model = models.build_pipeline(
-        "cand", {"model": "logistic_regression"}, features=X, feature_params={}, task="classification", seed=0
-    ).fit(X, y)
-    onnx_bytes, record = compile.compile_model(
-        model, holdout, target="label", task="classification", positive="yes", metric="roc_auc", bounds=BOUNDS
-    )
+    model = small_model()
+    onnx_bytes, record = compile_small(model)
     loaded = loaded_model(model, onnx_bytes, record, "classification")
     assert loaded.engine == "onnx"
     assert replace(loaded, compiled=None).engine == "sklearn-frame"
