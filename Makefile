@@ -33,27 +33,27 @@ env: $(ENV_STAMP) ## Create .venv from the committed lock (the other targets do 
 
 run: $(ENV_STAMP) ## Run the pipeline on the default data, gate and promote, package the champion
 	dvc repro
-	python -m pipelines.promote
-	python -m pipelines.package
+	python -m pipelines promote
+	python -m pipelines package
 
 promote: $(ENV_STAMP) ## Gate the best candidate against the champion; promote it if it passes
-	python -m pipelines.promote
+	python -m pipelines promote
 
 package: $(ENV_STAMP) ## Import the champion into BentoML and build the bento
-	python -m pipelines.package
+	python -m pipelines package
 
 serve: $(ENV_STAMP) ## Serve the champion with `bentoml serve` on 127.0.0.1:3000
-	BENTOML_HOME="$$(python -m pipelines.package --home)" bentoml serve service:Predictor --host 127.0.0.1 --port 3000
+	bentoml serve service:Predictor --host 127.0.0.1 --port 3000
 
 container: $(ENV_STAMP) ## Build the bento's OCI image (needs a Docker or podman engine)
-	BENTOML_HOME="$$(python -m pipelines.package --home)" bentoml containerize "$$(python -c 'import json; print(json.load(open("reports/bento.json"))["bento"])')"
+	bentoml containerize "$$(python -c 'import json; print(json.load(open("reports/bento.json"))["bento"])')"
 
 batch-predict: $(ENV_STAMP) ## Score a CSV/Parquet file with the packaged champion: IN=… OUT=…
 	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make batch-predict IN=input.csv OUT=scored.parquet" >&2; exit 2; }
-	python -m pipelines.batch "$(IN)" "$(OUT)"
+	python -m pipelines batch "$(IN)" "$(OUT)"
 
 rollback: $(ENV_STAMP) ## Move the champion alias back one step (REASON="...")
-	python -m pipelines.promote --rollback --reason "$${REASON:-manual rollback}"
+	python -m pipelines rollback --reason "$${REASON:-manual rollback}"
 
 repro: run ## Same as run
 
@@ -67,7 +67,7 @@ lab: $(ENV_STAMP) ## Open JupyterLab with the project's kernel on 127.0.0.1
 	jupyter lab --ip 127.0.0.1 --no-browser
 
 ui: $(ENV_STAMP) ## Open the MLflow UI on 127.0.0.1:5000, on the project's store
-	mlflow ui --backend-store-uri "$$(python -m pipelines.tracking)" --host 127.0.0.1 --port 5000 --workers 1
+	mlflow ui --backend-store-uri "$$(python -m pipelines tracking-uri)" --host 127.0.0.1 --port 5000 --workers 1
 
 lint: $(ENV_STAMP) ## Check style with ruff
 	ruff check pipelines tests bench

@@ -14,19 +14,20 @@ import os
 from threadpoolctl import threadpool_limits
 
 import bentoml
-from pipelines import http, serving
+from pipelines.serving import app
+from pipelines.serving import bundle
 
 log = logging.getLogger("tabular_mlops.service")
 CHAMPION = bentoml.models.BentoModel(f"{serving.MODEL_NAME}:latest")
-_engine: list[http.Engine] = []  # set once per worker, when the model is loaded
-META = serving.read_meta(CHAMPION.resolve().path)
-app = http.create_app(META, lambda: _engine[0])
+_engine: list[app.Engine] = []  # set once per worker, when the model is loaded
+META = bundle.read_meta(CHAMPION.resolve().path)
+app = app.create_app(META, lambda: _engine[0])
 
 
 @bentoml.service(
     name="tabular-mlops",
     traffic={"timeout": 30, "max_concurrency": 512},
-    **serving.service_options(META),
+    **bundle.service_options(META),
 )
 @bentoml.asgi_app(app)
 class Predictor:
@@ -34,7 +35,7 @@ class Predictor:
 
     def __init__(self) -> None:
         threadpool_limits(1)  # one thread per model call: OpenMP spinning costs more than it gains here
-        keys = http.ApiKeys.from_env()
+        keys = app.ApiKeys.from_env()
         if not keys.enabled:
             log.warning("!" * 72)
             log.warning("NO API KEY CONFIGURED: /predict is open to anyone. Set API_KEY or API_KEY_FILE.")
@@ -43,7 +44,7 @@ class Predictor:
         log_dir = os.environ.get("PREDICTION_LOG_DIR", "monitoring")
         worker = bentoml.server_context.worker_index or 0
         _engine.append(
-            http.Engine(serving.load(self.champion.path), keys, http.PredictionLog(log_dir, worker))
+            app.Engine(bundle.load(self.champion.path), keys, app.PredictionLog(log_dir, worker))
         )
         # Everything loaded so far lives as long as the worker: keep it out of the garbage
         # collector's full passes, which otherwise stall requests for tens of milliseconds.

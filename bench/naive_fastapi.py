@@ -10,10 +10,10 @@ import pandas as pd
 from fastapi import FastAPI
 from threadpoolctl import threadpool_limits
 
-from pipelines import serving
+from pipelines.serving import bundle
 
 threadpool_limits(1)
-loaded = serving.load(os.environ["BENTOML_MODEL_DIR"])
+loaded = bundle.load(os.environ["BENTOML_MODEL_DIR"])
 app = FastAPI()
 
 

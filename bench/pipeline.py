@@ -10,7 +10,7 @@ store and the DVC cache live inside the copy, nothing of the real project is tou
 
   full      `dvc repro -f` on the default data, wall time (median of --full-runs), per stage
   noop      `dvc repro` with nothing to do (median of --noop-runs)
-  overhead  per stage: the stage's own command (`python -m pipelines.nbrun ...`, from dvc.lock)
+  overhead  per stage: the stage's own command (`python -m pipelines.core.nbrun ...`, from dvc.lock)
             against the notebook's code cells run as one plain Python script with the parameters
             injected as papermill injects them
   scaling   the default data repeated 1x, 10x, 100x, 1000x (unique ids, Parquet), full pipeline,
@@ -150,7 +150,7 @@ def check_imports(project: Path) -> str:
 
 class TreeMonitor(threading.Thread):
     """Polls the process tree under `pid`: the summed RSS (peak), and each stage process
-    (`python -m pipelines.nbrun ... OUT.ipynb`): when it lived, its own subtree's peak RSS
+    (`python -m pipelines.core.nbrun ... OUT.ipynb`): when it lived, its own subtree's peak RSS
     (nbrun + its Jupyter kernel) and the CPU seconds that subtree used. CPU time is much less
     disturbed than wall time by other processes on a shared box (OpenMP spin-waiting aside)."""
 
@@ -170,8 +170,8 @@ class TreeMonitor(threading.Thread):
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 return None
             label = None
-            if "pipelines.nbrun" in cmd:
-                i = cmd.index("pipelines.nbrun")
+            if "pipelines.core.nbrun" in cmd:
+                i = cmd.index("pipelines.core.nbrun")
                 if len(cmd) > i + 2:
                     label = stage_of_report(cmd[i + 2])
             self._labels[proc.pid] = label
@@ -458,7 +458,7 @@ def lock_commands(project: Path) -> dict[str, str]:
 def nbrun_parameters(argv: list[str], project: Path) -> tuple[Path, Path, dict[str, Any]]:
     """Input, output and the parameters papermill injects for an nbrun command line."""
     args = [a for a in argv if a != "--html"]
-    i = args.index("pipelines.nbrun")
+    i = args.index("pipelines.core.nbrun")
     notebook, output = project / args[i + 1], Path(args[i + 2])
     params: dict[str, Any] = {}
     rest = args[i + 3 :]
@@ -496,7 +496,7 @@ def notebook_as_script(notebook: Path, params: dict[str, Any]) -> str:
 HTML_TIMER = """
 import json, sys, time
 t0 = time.perf_counter()
-from pipelines.nbrun import render_html
+from pipelines.core.nbrun import render_html
 t1 = time.perf_counter()
 render_html(__import__("pathlib").Path(sys.argv[1]))
 t2 = time.perf_counter()
@@ -703,10 +703,15 @@ def steps_worker(data: str, out: str, reduced: str) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipelines import contract, dataio, metrics, models, plots, tracking
-    from pipelines import explore as ex
-    from pipelines.features import build_preprocessor
-    from pipelines.split import features_and_target, split_frame
+    from pipelines.data import contract
+    from pipelines.core import files
+    from pipelines.modeling import metrics
+    from pipelines.modeling import models
+    from pipelines.modeling import plots
+    from pipelines.modeling import runs
+    from pipelines.data import profiling as ex
+    from pipelines.modeling.preprocessing import build_preprocessor
+    from pipelines.data.splitting import features_and_target, split_frame
 
     text, _ = scaling_params(Path("params.yaml").read_text(), data, reduced == "reduced")
     params = yaml.safe_load(text)
@@ -729,8 +734,8 @@ def steps_worker(data: str, out: str, reduced: str) -> int:
         return value
 
     tmp = Path(tempfile.mkdtemp(prefix=".bench-steps-", dir="."))
-    raw = step("ingest", "dataio.read_table", dataio.read_table, data)
-    step("ingest", "dataio.write_parquet", dataio.write_parquet, raw, tmp / "raw.parquet")
+    raw = step("ingest", "dataio.read_table", files.read_table, data)
+    step("ingest", "dataio.write_parquet", files.write_parquet, raw, tmp / "raw.parquet")
     schema = contract.load_contract(params["paths"]["contract"])
     result = step("ingest", "contract.check_frame", contract.check_frame, raw, schema)
     step("ingest", "contract.report", contract.report, result, raw, "contract", False)
@@ -781,12 +786,12 @@ def steps_worker(data: str, out: str, reduced: str) -> int:
         )
         model = step(stage, "models.fit (preprocess + estimator)", models.fit, model, Xt, yt, name)
         scores = step(
-            stage, "metrics.score_model (holdout)", metrics.score_model, model, Xh, yh, task, positive
+            stage, "metrics.evaluate (holdout)", metrics.evaluate, model, Xh, yh, task, positive
         )
         frames = step(
             stage,
-            "metrics.plot_frames (holdout)",
-            metrics.plot_frames,
+            "evaluation.plot_frames (holdout)",
+            evaluation.plot_frames,
             model,
             Xh,
             yh,
@@ -800,7 +805,7 @@ def steps_worker(data: str, out: str, reduced: str) -> int:
         step(
             stage, "plot CSVs: DataFrame.to_csv", lambda f=frames: [v.to_csv(index=False) for v in f.values()]
         )
-    step("train", "tracking.file_md5 (raw snapshot)", tracking.file_md5, tmp / "raw.parquet")
+    step("train", "tracking.file_md5 (raw snapshot)", runs.file_md5, tmp / "raw.parquet")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

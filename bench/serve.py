@@ -138,17 +138,17 @@ def repeat(fn, items: list, seconds: float, limit: int) -> list[float]:
 def in_process(loaded, records: list[dict], seconds: float) -> dict[str, dict]:
     """The limits, one row at a time in this process: the scikit-learn pipeline on a one-row
     DataFrame (what a hand-written server pays), and the served path, records in, answer out."""
-    from pipelines import serving
+    from pipelines.serving import bundle
 
     sklearn = repeat(
-        lambda r: serving.model_scores(
+        lambda r: bundle.model_scores(
             loaded.model, pd.DataFrame.from_records([r], columns=loaded.features), loaded.task
         ),
         records,
         seconds,
         5000,
     )
-    served = repeat(lambda r: serving.answer(loaded, [r]), records, seconds, 50_000)
+    served = repeat(lambda r: bundle.answer(loaded, [r]), records, seconds, 50_000)
     return {"in-process sklearn": latency_figures(sklearn), "in-process served": latency_figures(served)}
 
 
@@ -156,15 +156,16 @@ def breakdown(loaded, records: list[dict], workdir: Path) -> dict[str, float]:
     """Median microseconds of each step a single-record request takes inside the service."""
     from fastapi.responses import JSONResponse
 
-    from pipelines import http, serving
+    from pipelines.serving import app
+    from pipelines.serving import bundle
 
-    limits = {**serving.DEFAULT_LIMITS, **loaded.meta.get("limits", {})}
-    record_model = serving.record_model(
+    limits = {**bundle.DEFAULT_LIMITS, **loaded.meta.get("limits", {})}
+    record_model = bundle.record_model(
         loaded.meta["fields"], loaded.meta.get("optional_fields", {}), limits["max_string_length"]
     )
-    body_model = serving.request_model(record_model, limits["max_records"])
+    body_model = bundle.request_model(record_model, limits["max_records"])
     bodies = [json.dumps({"records": [r]}).encode() for r in records[:500]]
-    prediction_log = http.PredictionLog(workdir / "breakdown-log")
+    prediction_log = app.PredictionLog(workdir / "breakdown-log")
     steps: dict[str, list[float]] = {}
 
     def timed(name: str, fn, *args):
@@ -181,8 +182,8 @@ def breakdown(loaded, records: list[dict], workdir: Path) -> dict[str, float]:
             if loaded.compiled is not None:
                 feeds = timed("feature arrays", loaded.compiled.record_feeds, rows)
                 timed("model (onnxruntime)", loaded.compiled.run, feeds)
-            predictions, probabilities = timed("whole answer()", serving.answer, loaded, rows)
-            answer = serving.response_body("x" * 32, loaded.version, predictions, probabilities)
+            predictions, probabilities = timed("whole answer()", bundle.answer, loaded, rows)
+            answer = bundle.response_body("x" * 32, loaded.version, predictions, probabilities)
             timed(
                 "prediction log write",
                 prediction_log,
@@ -232,15 +233,18 @@ def batch_scoring(
     import joblib
     from threadpoolctl import threadpool_limits
 
-    from pipelines import batch, compile, metrics, serving
+    from pipelines.batch import scoring
+    from pipelines.release import compilation
+    from pipelines.modeling import metrics
+    from pipelines.serving import bundle
 
     columns = [c for c in holdout.columns if c in loaded.features]
     frame = pd.concat([holdout[columns]] * (rows // len(holdout) + 1), ignore_index=True).iloc[:rows]
     chunks = [frame.iloc[i : i + chunk_rows] for i in range(0, rows, chunk_rows)]
-    limits = {**serving.DEFAULT_LIMITS, **loaded.meta.get("limits", {})}
+    limits = {**bundle.DEFAULT_LIMITS, **loaded.meta.get("limits", {})}
 
     def chunk_scorer(model):
-        return lambda chunk: batch.score_chunk(model, chunk, limits)
+        return lambda chunk: scoring.score_chunk(model, chunk, limits)
 
     every_core = os.cpu_count() or 1
     figures: dict[str, Any] = {
@@ -250,7 +254,7 @@ def batch_scoring(
         )
     }
     # As batch-predict runs it: the compiled graph on every core; scikit-learn given every core too.
-    wide = replace(loaded, compiled=serving.compiled_path(model_dir, loaded.meta, threads=0))
+    wide = replace(loaded, compiled=bundle.compiled_path(model_dir, loaded.meta, threads=0))
     with threadpool_limits(every_core):
         figures["champion, every core"] = timed_runs(
             {"compiled": chunk_scorer(wide), "sklearn": chunk_scorer(replace(loaded, compiled=None))}, chunks
@@ -261,7 +265,7 @@ def batch_scoring(
         positive = metrics.positive_label(holdout[target], loaded.meta.get("positive_class"))
     for path in sorted((ROOT / "models").glob("*/model.joblib")):
         model = joblib.load(path)
-        onnx_bytes, record = compile.compile_model(
+        onnx_bytes, record = compilation.compile_model(
             model, holdout, target=target, task=task, positive=positive,
             metric=metrics.primary_metric(task), bounds={"min_label_agreement": 0.0, "max_metric_delta": 1.0, "max_relative_error": 1.0},
         )  # fmt: skip
@@ -271,7 +275,7 @@ def batch_scoring(
         candidate = replace(
             loaded,
             model=model,
-            compiled=serving.CompiledPath(onnx_bytes, record["inputs"], task),
+            compiled=bundle.CompiledPath(onnx_bytes, record["inputs"], task),
             arrays=None,
         )
         figures[f"candidate {path.parent.name}"] = timed_runs(
@@ -280,7 +284,7 @@ def batch_scoring(
         )
 
     def predict_only(chunk: pd.DataFrame) -> None:
-        serving.model_scores(loaded.model, chunk, task)
+        bundle.model_scores(loaded.model, chunk, task)
 
     with threadpool_limits(every_core):  # as batch-predict's compiled graph has
         all_cores = timed_runs({"every core": predict_only}, chunks)["every core"]
@@ -293,7 +297,7 @@ def batch_scoring(
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        batch.run(
+        scoring.run(
             str(source), str(workdir / "out.parquet"), str(workdir / "rejects.parquet"), chunk_rows, model_dir
         )
         times.append(time.perf_counter() - start)
@@ -318,8 +322,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 def servers(model_dir: Path, params: dict, workdir: Path) -> dict[str, dict]:
     """How to start each server and what body it takes."""
-    from pipelines import tracking
-    from pipelines.package import bentoml_home
+    from pipelines.modeling import runs
+    from pipelines.release.package import bentoml_home
 
     env = {
         **os.environ,
@@ -329,7 +333,7 @@ def servers(model_dir: Path, params: dict, workdir: Path) -> dict[str, dict]:
     }
     env.pop("API_KEY", None)
     env.pop("API_KEY_FILE", None)
-    uri = tracking.tracking_uri(tracking.store_dir(ROOT, params["tracking"]["store"]))
+    uri = runs.tracking_uri(runs.store_dir(ROOT, params["tracking"]["store"]))
     name = params["promote"]["registered_model"]
     ports = {k: free_port() for k in ("mlflow", "fastapi", "service")}
     return {
@@ -459,13 +463,14 @@ def main() -> int:
 
     from threadpoolctl import threadpool_limits
 
-    from pipelines import config, serving
-    from pipelines.batch import champion_path
+    from pipelines.core import config
+    from pipelines.serving import bundle
+    from pipelines.batch.scoring import champion_path
 
     threadpool_limits(1)
     params = config.load_params(ROOT / "params.yaml")
     model_dir = champion_path(ROOT, params)
-    loaded = serving.load(model_dir)
+    loaded = bundle.load(model_dir)
     holdout = pd.read_parquet(ROOT / params["paths"]["holdout"])
     records = json.loads(holdout[loaded.features].to_json(orient="records"))
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -488,7 +493,7 @@ def main() -> int:
     times = []
     for _ in range(5):
         start_time = time.perf_counter()
-        serving.model_scores(loaded.model, X, loaded.task)
+        bundle.model_scores(loaded.model, X, loaded.task)
         times.append(time.perf_counter() - start_time)
     batch_rows = {"in-process sklearn predict": round(len(batch) / statistics.median(times), 1)}
 

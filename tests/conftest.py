@@ -1,14 +1,18 @@
-"""Shared configuration: the support module on sys.path, and slow tests ordered last."""
+"""Shared configuration: the test tiers run fastest first.
+
+Tiers: tests/unit (pure functions and in-process objects), tests/repo (the repository's own
+files, and the notebooks on tiny data), tests/service (a real `bentoml serve` on 127.0.0.1),
+tests/integration (the real pipeline, registry and batch scoring in a copy of the project).
+The helpers package (tests/helpers) is importable because pyproject sets `pythonpath`.
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 TESTS = Path(__file__).parent
-sys.path.insert(0, str(TESTS))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

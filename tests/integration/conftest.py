@@ -12,8 +12,8 @@ tags work).
 from __future__ import annotations
 
 import pytest
-from project_copy import Project, RegressionRun, lock_out_md5s, metrics_files
-from support import Background, copy_project, git_head, read_yaml, regression_frame, write_yaml
+from helpers.project_copy import Project, RegressionRun, lock_out_md5s, metrics_files
+from helpers.support import Background, copy_project, git_head, read_yaml, regression_frame, write_yaml
 
 REGRESSION_CANDIDATES = {
     "ridge": {"model": "ridge", "params": {"alpha": 1.0}},

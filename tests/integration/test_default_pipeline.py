@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from project_copy import DATA_OUTPUTS, Project, lock_out_md5s, md5, metrics_files, mlflow_store
-from support import TRACEBACK, error_lines, git_head, run, write_yaml
+from helpers.project_copy import DATA_OUTPUTS, Project, lock_out_md5s, md5, metrics_files, mlflow_store
+from helpers.support import TRACEBACK, error_lines, git_head, run, write_yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -149,7 +149,7 @@ def test_temp_experiment_logs_into_the_project_store(default_project: Project) -
     root = default_project.root
     # A champion exists before the experiment; the experiment must leave it alone.
     promoted = run(
-        [sys.executable, "-m", "pipelines.promote"], root, timeout=300
+        [sys.executable, "-m", "pipelines.release.promotion"], root, timeout=300
     )  # no inherited MLFLOW_TRACKING_URI
     assert promoted.returncode == 0 and promoted.stdout.startswith(("PROMOTED", "KEPT", "REFUSED")), (
         promoted.stderr

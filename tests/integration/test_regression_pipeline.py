@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 import yaml
-from project_copy import REPRO_TIMEOUT, RegressionRun, mlflow_store
-from support import TRACEBACK, run
+from helpers.project_copy import REPRO_TIMEOUT, RegressionRun, mlflow_store
+from helpers.support import TRACEBACK, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 

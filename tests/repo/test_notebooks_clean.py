@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import PROJECT, git_tracked_files, run
+from helpers.support import PROJECT, git_tracked_files, run
 
 PRE_COMMIT = PROJECT / ".pre-commit-config.yaml"
 NOTEBOOKS = sorted(name for name in git_tracked_files() if name.endswith(".ipynb"))

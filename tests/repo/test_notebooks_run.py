@@ -1,4 +1,4 @@
-"""Every stage notebook runs under papermill (through pipelines.nbrun) on a tiny project.
+"""Every stage notebook runs under papermill (through pipelines.core.nbrun) on a tiny project.
 
 No DVC here: the notebooks run in dvc.yaml's order in a folder with a ~200-row CSV and a
 params.yaml pointing at it, so a notebook that breaks shows up in under a minute.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from support import PROJECT, TRACEBACK, classification_frame, read_yaml, run, write_yaml
+from helpers.support import PROJECT, TRACEBACK, classification_frame, read_yaml, run, write_yaml
 
 CANDIDATES = {
     "logreg": {"model": "logistic_regression", "params": {"C": 1.0, "max_iter": 500}},
@@ -72,7 +72,7 @@ def test_every_notebook_runs_on_tiny_data(tmp_path: Path) -> None:
     write_yaml(tiny_params(root), root / "params.yaml")
 
     for stage, args in stage_commands():
-        result = run(["python", "-m", "pipelines.nbrun", *args], root, timeout=400)
+        result = run(["python", "-m", "pipelines.core.nbrun", *args], root, timeout=400)
         assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
         assert TRACEBACK not in result.stdout + result.stderr
         executed = json.loads((root / args[1]).read_text())

@@ -1,0 +1,1 @@
+"""Batch scoring of files with the packaged champion, under the service's record rules."""

@@ -1,0 +1,108 @@
+"""`python -m pipelines <command>`: every operation, behind one error shell.
+
+A problem with the user's data, params or stores (a PipelineError) is one line on stderr,
+`ERROR <command>: <what>`, and exit 1; success is one line on stdout and exit 0. Commands import
+what they need when they run, so `--help` and the notebook runner start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Command = Callable[[Path, dict[str, Any], argparse.Namespace], str]
+
+
+def promote(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
+    from pipelines.release import promotion
+
+    decision = promotion.run_promotion(root, params)
+    promotion.record(decision, params, root)
+    return promotion.summary(decision)
+
+
+def rollback(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
+    from pipelines.release import promotion
+
+    decision = promotion.run_rollback(root, params, args.reason)
+    promotion.record(decision, params, root)
+    return promotion.summary(decision)
+
+
+def package(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
+    from pipelines.release import package as packaging
+
+    record = packaging.package(root, params)
+    return (
+        f"PACKAGED {record['bento']} with {record['model']} "
+        f"(champion v{record['registry_version']}, served by {record['runtime']})"
+    )
+
+
+def batch(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
+    from pipelines.batch import scoring
+
+    rejects = args.rejects or scoring.rejects_path(args.source, args.target)
+    scored, refused = scoring.score_file(root, params, args.source, args.target, rejects, args.chunk_rows)
+    return f"SCORED {scored} rows -> {args.target}; {refused} refused" + (f" -> {rejects}" if refused else "")
+
+
+def tracking_uri(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
+    from pipelines.core import stores
+
+    return stores.tracking_uri(stores.mlflow_store(root, params))
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines",
+        description="The project's operations. Stages run under `dvc repro`; these run outside the DVC graph.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    commands: dict[str, Command] = {}
+
+    def add(name: str, fn: Command, help: str) -> argparse.ArgumentParser:
+        commands[name] = fn
+        return sub.add_parser(name, help=help, description=help)
+
+    sub.add_parser(
+        "notebook",
+        help="run a stage notebook with papermill (dvc.yaml's stages): IN OUT [--html] [papermill options]",
+        add_help=False,
+    )
+    add(promote.__name__, promote, "gate the best candidate against the champion; promote it if it passes")
+    add(rollback.__name__, rollback, "move the champion alias back one step").add_argument(
+        "--reason", default="manual rollback", help="recorded on the demoted version"
+    )
+    add(package.__name__, package, "import the champion into BentoML, compile it, build the bento")
+    scoring = add(batch.__name__, batch, "score a CSV or Parquet file with the packaged champion")
+    scoring.add_argument("source", help="input table (.csv, .tsv, .parquet)")
+    scoring.add_argument("target", help="output table (.csv or .parquet)")
+    scoring.add_argument("--rejects", help="refused rows (default: <target stem>.rejects.<suffix>)")
+    scoring.add_argument("--chunk-rows", type=int, default=50_000, help="rows read and scored at a time")
+    add("tracking-uri", tracking_uri, "print the MLflow tracking URI the project uses (for `make ui`)")
+    return parser, commands
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["notebook"]:  # its own shell: a failing stage is named by its output notebook
+        from pipelines.core import nbrun
+
+        return nbrun.main(argv[1:])
+    parser, commands = _parser()
+    args = parser.parse_args(argv)
+    from pipelines.core import config
+    from pipelines.core.errors import PipelineError
+
+    try:
+        root = config.project_root()
+        params = config.load_params(root / config.PARAMS_FILE)
+        line = commands[args.command](root, params, args)
+    except PipelineError as exc:
+        print(f"ERROR {args.command}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(line)
+    return 0

@@ -1,0 +1,132 @@
+"""MLflow at the edges: one absolute store, lineage tags, and models saved without pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipelines.core.stores import store_dir, tracking_uri
+
+LINEAGE_PREFIX = "lineage."
+# Packages a logged model needs to load; pinned explicitly because inferring them costs ~5 s.
+MODEL_REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "skops")
+# Models are saved with skops, not pickle: loading one from the registry cannot run arbitrary
+# code. skops needs the few non-default types our candidates hold named explicitly; MLflow
+# reloads the model right after saving, so a missing name fails at logging time, not in serving.
+SKOPS_TRUSTED_TYPES = [
+    "numpy.dtype",
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
+
+
+def use_experiment(name: str, store: Path) -> str:
+    """Point MLflow at the store and return the experiment's id, creating it if needed.
+
+    The artifact location is set explicitly and absolute: MLflow's default is relative to the
+    working directory, which a DVC experiment throws away.
+    """
+    import mlflow
+
+    uri = tracking_uri(store)
+    local = uri.startswith("sqlite:")  # a tracking server keeps artifacts its own way
+    store.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        artifacts = (store / "artifacts").as_uri() if local else None
+        experiment_id = client.create_experiment(name, artifact_location=artifacts)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def use_project_experiment(root: Path, params: dict[str, Any]) -> str:
+    """use_experiment for the project's `tracking` section: its experiment, in its store."""
+    return use_experiment(params["tracking"]["experiment"], store_dir(root, params["tracking"]["store"]))
+
+
+def lineage_of(tags: dict[str, str]) -> dict[str, str]:
+    """The lineage tags (git commit, data MD5, params hash) among a run's or a version's tags."""
+    return {k: v for k, v in tags.items() if k.startswith(LINEAGE_PREFIX)}
+
+
+def file_md5(path: str | Path) -> str:
+    """The MD5 of a file's bytes: the hash DVC 3 records for it in dvc.lock."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def params_hash(params: Any) -> str:
+    canonical = json.dumps(params, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def lineage_tags(root: Path, raw_data: str | Path, params: Any) -> dict[str, str]:
+    return {
+        f"{LINEAGE_PREFIX}git_commit": git_commit(root),
+        f"{LINEAGE_PREFIX}data_md5": file_md5(root / raw_data),
+        f"{LINEAGE_PREFIX}params_hash": params_hash(params),
+    }
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def pinned_requirements(packages: tuple[str, ...] = MODEL_REQUIREMENTS) -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in packages]
+
+
+def log_model(model: Any, input_example: Any, name: str = "model") -> str:
+    """Log a scikit-learn pipeline with its signature and pinned requirements; return its URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    # Integer columns are declared as doubles: a missing value arrives as NaN, which an int
+    # column of the signature would refuse.
+    example = input_example.astype({c: "float64" for c in input_example.select_dtypes("integer")})
+    info = mlflow.sklearn.log_model(
+        model,
+        name=name,
+        serialization_format="skops",
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        signature=infer_signature(example, model.predict(example)),
+        input_example=example,
+        pip_requirements=pinned_requirements(),
+    )
+    return info.model_uri
+
+
+def log_notebook(path: str | Path | None) -> None:
+    """Attach an executed notebook to the active run (papermill saves it after every cell)."""
+    import mlflow
+
+    if path is not None and Path(path).is_file():
+        mlflow.log_artifact(str(path), artifact_path="notebooks")

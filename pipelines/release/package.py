@@ -1,0 +1,220 @@
+"""`make package`: the registry's champion, imported into BentoML and built into a bento.
+
+    python -m pipelines package
+
+Steps, each its own function below: find the champion's version (`registry`), reuse its BentoML
+model if the same version was packaged with the same serving spec (`packaged_model`), else
+download it and write its meta (`model_meta`), compile and verify it (`compile_champion`), store
+it (`store_model`, `record_compilation`); then build the bento (`package`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from pipelines.core import files, stores
+from pipelines.core.errors import ParamsError, PipelineError
+from pipelines.modeling import runs
+from pipelines.release import registry
+from pipelines.serving import bundle
+
+SERVICE_KEYS = ("workers", "trace_requests", "access_log")  # BentoML settings, packaged with the model
+PARITY_KEYS = ("min_label_agreement", "max_metric_delta", "max_relative_error")
+LIMIT_KEYS = ("max_records", "max_body_bytes", "max_string_length", "max_queue_rows")
+
+
+def serving_limits(params: dict) -> dict[str, int]:
+    """`serving.limits`, complete and positive: the service enforces exactly these."""
+    limits = params["serving"].get("limits") or {}
+    bad = [k for k in LIMIT_KEYS if not isinstance(limits.get(k), int) or limits[k] <= 0]
+    if bad:
+        raise ParamsError(f"serving.limits needs positive integers for: {', '.join(bad)}")
+    return {k: limits[k] for k in LIMIT_KEYS}
+
+
+def request_fields(params: dict) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The features' and the id columns' contract, from which the service builds its schema."""
+    from pipelines.data import contract
+
+    schema = contract.load_contract(params["paths"]["contract"])
+    data = params["data"]
+    ignore = list(data.get("ignore") or [])
+    features = [c for c in schema.columns if c != data["target"] and c not in ignore]
+    return contract.field_specs(schema, features), contract.field_specs(schema, ignore)
+
+
+def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any, params: dict) -> dict[str, Any]:
+    """What the service needs beside the model file, and what a person auditing it wants."""
+    tags = run.data.tags
+    fields, optional = request_fields(params)
+    return {
+        "fields": fields,
+        "optional_fields": optional,
+        "target": params["data"]["target"],
+        "limits": serving_limits(params),
+        "service": {k: params["serving"][k] for k in SERVICE_KEYS if k in params["serving"]},
+        "version": str(version.version),
+        "registered_model": version.name,
+        "run_id": version.run_id,
+        "task": tags.get("task", "classification"),
+        "candidate": tags.get("candidate"),
+        "positive_class": positive,
+        "lineage": runs.lineage_of(tags),
+        "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith(("holdout_", "cv_"))},
+        "trusted_types": mlmodel["flavors"]["sklearn"].get("skops_trusted_types") or [],
+    }
+
+
+def compile_champion(model_file: Path, meta: dict[str, Any], params: dict) -> tuple[bytes | None, dict]:
+    """The champion compiled and checked on the holdout, or None and the reason it was not."""
+    from pipelines.modeling import metrics
+    from pipelines.release import compilation
+
+    choice = params["serving"].get("compile", "onnx")
+    if choice not in ("onnx", "none"):
+        raise ParamsError(f"serving.compile '{choice}' is unknown; use onnx or none")
+    if choice == "none":
+        return None, {"runtime": "sklearn", "reason": "serving.compile is 'none' in params.yaml"}
+    holdout_path = Path(params["paths"]["holdout"])
+    if not holdout_path.is_file():
+        return None, {
+            "runtime": "sklearn",
+            "reason": f"no holdout at {holdout_path} to verify a compiled model on",
+        }
+    import skops.io
+
+    model = skops.io.load(model_file, trusted=meta["trusted_types"])
+    holdout = pd.read_parquet(holdout_path)
+    task, target = meta["task"], meta["target"]
+    positive = None
+    if task == "classification" and len(getattr(model, "classes_", [])) == 2:
+        positive = metrics.positive_label(holdout[target], meta.get("positive_class"))
+    bounds = params["serving"].get("parity") or {}
+    if sorted(bounds) != sorted(PARITY_KEYS) or not all(isinstance(v, int | float) for v in bounds.values()):
+        raise ParamsError(f"serving.parity needs the numbers {', '.join(PARITY_KEYS)}")
+    return compilation.compile_model(
+        model,
+        holdout,
+        target=target,
+        task=task,
+        positive=positive,
+        metric=params["promote"].get("primary_metric") or metrics.primary_metric(task),
+        bounds=bounds,
+    )
+
+
+def record_compilation(client: Any, version: Any, record: dict, onnx_file: Path) -> None:
+    """The compile record (and the graph, if one serves) on the champion's MLflow run and
+    registry version."""
+    client.log_dict(version.run_id, record, "compiled/record.json")
+    if onnx_file.is_file():
+        client.log_artifact(version.run_id, str(onnx_file), "compiled")
+    client.set_model_version_tag(version.name, version.version, "serving.runtime", record["runtime"])
+    client.set_model_version_tag(
+        version.name, version.version, "serving.runtime_reason", record["reason"] or ""
+    )
+
+
+def serving_spec(params: dict) -> str:
+    """A hash of everything packaged beside the model: a contract, limit, compile or service
+    setting change repackages the same champion."""
+    return runs.params_hash(
+        [
+            request_fields(params),
+            serving_limits(params),
+            params["data"]["target"],
+            params["serving"].get("compile"),
+            params["serving"].get("parity"),
+            *(params["serving"].get(k) for k in SERVICE_KEYS),
+        ]
+    )
+
+
+def packaged_model(version: Any, spec: str) -> Any | None:
+    """The BentoML model already made from this registry version with this serving spec, if any."""
+    import bentoml
+
+    for existing in bentoml.models.list():
+        labels = existing.info.labels
+        if (
+            existing.tag.name == bundle.MODEL_NAME
+            and labels.get("run_id") == version.run_id
+            and labels.get("registry_version") == str(version.version)
+            and labels.get("serving_spec") == spec
+        ):
+            return existing
+    return None
+
+
+def store_model(meta: dict[str, Any], model_file: Path, onnx: bytes | None, labels: dict[str, str]) -> Any:
+    """A new model in the BentoML store: the skops file, the verified graph, and meta.json."""
+    import bentoml
+
+    with bentoml.models.create(bundle.MODEL_NAME, labels=labels, metadata={"task": meta["task"]}) as model:
+        shutil.copy(model_file, Path(model.path) / bundle.MODEL_FILE)
+        if onnx is not None:
+            (Path(model.path) / bundle.COMPILED_FILE).write_bytes(onnx)
+        files.write_json(meta, Path(model.path) / bundle.META_FILE)
+    return bentoml.models.get(model.tag)
+
+
+def import_champion(client: Any, name: str, params: dict) -> Any:
+    """The champion in the BentoML model store, labelled with its registry version and lineage."""
+    import mlflow
+
+    version = registry.champion_version(client, name)
+    if version is None:
+        raise PipelineError(f"'{name}' has no champion yet: run `make promote` first")
+    spec = serving_spec(params)
+    existing = packaged_model(version, spec)
+    if existing is not None:
+        return existing
+    run = client.get_run(version.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=tmp))
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+        meta = model_meta(version, run, mlmodel, version.tags.get("positive_class"), params)
+        model_file = local / mlmodel["flavors"]["sklearn"]["pickled_model"]
+        onnx, meta["compiled"] = compile_champion(model_file, meta, params)
+        labels = {
+            "registered_model": name,
+            "registry_version": str(version.version),
+            "run_id": version.run_id,
+            "serving_spec": spec,
+            "runtime": meta["compiled"]["runtime"],
+            **{k.removeprefix(runs.LINEAGE_PREFIX): v for k, v in meta["lineage"].items()},
+        }
+        model = store_model(meta, model_file, onnx, labels)
+    record_compilation(client, version, meta["compiled"], Path(model.path) / bundle.COMPILED_FILE)
+    return model
+
+
+def package(root: Path, params: dict) -> dict[str, Any]:
+    stores.use_bentoml_home(root, params)
+    import mlflow
+
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    runs.use_project_experiment(root, params)
+    model = import_champion(mlflow.MlflowClient(), params["promote"]["registered_model"], params)
+    labels = {k: v for k, v in model.info.labels.items() if k in ("registry_version", "run_id", "git_commit")}
+    bento = bentoml.bentos.build_bentofile(str(root / "bentofile.yaml"), build_ctx=str(root), labels=labels)
+    record = {
+        "at": registry.now(),
+        "bento": str(bento.tag),
+        "model": str(model.tag),
+        "registry_version": model.info.labels["registry_version"],
+        "runtime": model.info.labels.get("runtime", "sklearn"),
+        "run_id": model.info.labels["run_id"],
+        "bentoml_home": str(BentoMLContainer.bentoml_home.get()),
+    }
+    files.write_json(record, params["paths"]["bento"])
+    return record

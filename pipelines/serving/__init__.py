@@ -1,0 +1,1 @@
+"""Exactly what the bento carries, and nothing from training: it imports nothing outside itself."""

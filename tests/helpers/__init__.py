@@ -1,0 +1,1 @@
+"""Helpers the test tiers share: processes, project copies, trained champions."""

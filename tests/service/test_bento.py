@@ -1,0 +1,109 @@
+"""Packaging: the registry's champion becomes a bento that serves the same answers.
+
+`bentoml serve` runs for real on 127.0.0.1: once from the project's own environment, and once
+from a fresh virtual environment holding only the bento's own requirements, which is what the
+container would run (no container engine runs here).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from helpers.champion import free_port, package_project, post, project, serve, stop, train_candidate  # noqa: F401 - fixture
+
+from pipelines.release import promotion
+from pipelines.serving import bundle
+
+pytestmark = pytest.mark.integration
+from helpers.support import PROJECT as REPO
+
+
+@pytest.fixture
+def packaged(project, monkeypatch):
+    """A promoted champion, packaged into a bento built from the project's bentofile."""
+    root, params = project
+    train_candidate(params, hide=[])
+    assert promotion.run_promotion(root, params)["promoted"]
+    record = package_project(root, params, REPO)
+    holdout = pd.read_parquet(params["paths"]["holdout"]).head(20)
+    records = json.loads(holdout.drop(columns=["label", "id"]).to_json(orient="records"))
+    # The champion in-process, loaded the way the service loads it.
+    model_dir = Path(record["bentoml_home"]) / "models" / bundle.MODEL_NAME / record["model"].split(":")[1]
+    expected = bundle.predict(bundle.load(model_dir), records)
+    return root, record, records, expected
+
+
+def assert_same_answer(answer, expected):
+    assert answer["model_version"] == expected["model_version"] == "1"
+    assert answer["predictions"] == expected["predictions"]
+    for got, want in zip(answer["probabilities"], expected["probabilities"], strict=True):
+        assert got == pytest.approx(want, abs=1e-6)
+    assert isinstance(answer["request_id"], str) and answer["request_id"]
+
+
+def test_package_labels_the_model_with_its_lineage(packaged):
+    _, record, _, _ = packaged
+    assert record["registry_version"] == "1" and record["bento"].startswith("tabular-mlops:")
+    name, version = record["model"].split(":")
+    model_yaml = Path(record["bentoml_home"]) / "models" / name / version / "model.yaml"
+    labels = yaml.safe_load(model_yaml.read_text())["labels"]
+    assert labels["registry_version"] == "1" and labels["run_id"] == record["run_id"]
+    assert {"git_commit", "data_md5", "params_hash"} <= set(labels)
+
+
+@pytest.mark.timeout(300)
+def test_bentoml_serve_from_the_project_answers_like_the_champion(packaged):
+    root, record, records, expected = packaged
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": record["bentoml_home"], "BENTOML_DO_NOT_TRACK": "true"}
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    proc = serve(
+        [bentoml, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)], root, env, port
+    )
+    try:
+        status, answer = post(port, records)
+    finally:
+        stop(proc)
+    assert status == 200
+    assert_same_answer(answer, expected)
+
+
+@pytest.mark.timeout(900)
+def test_bento_serves_from_its_own_requirements_only(packaged, tmp_path):
+    """What the container runs: a clean environment from the bento's requirements, `bentoml serve <tag>`."""
+    _, record, records, expected = packaged
+    home = Path(record["bentoml_home"])
+    name, version = record["bento"].split(":")
+    requirements = home / "bentos" / name / version / "env" / "python" / "requirements.txt"
+    venv = tmp_path / "bento-venv"
+    uv = str(Path(sys.executable).parent / "uv")
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "-r", str(requirements)],
+        check=True,
+    )
+    port = free_port()
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    proc = serve(
+        [str(venv / "bin" / "bentoml"), "serve", record["bento"], "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path,
+        env,
+        port,
+        deadline=180,
+    )
+    try:
+        status, answer = post(port, records)
+    finally:
+        stop(proc)
+    assert status == 200
+    assert_same_answer(answer, expected)

@@ -1,0 +1,476 @@
+"""The production service against a real `bentoml serve` on 127.0.0.1.
+
+One packaged champion, served once per module with an API key and small limits, so every
+refusal path can be reached cheaply. Nothing is mocked.
+"""
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from helpers.champion import free_port, new_project, package_project, serve, stop, train_candidate
+from sklearn.metrics import roc_auc_score
+
+from pipelines.release import promotion
+from pipelines.serving import bundle
+
+pytestmark = pytest.mark.integration
+from helpers.support import PROJECT as REPO
+KEY = "test-key-0123456789"
+LIMITS = {"max_records": 50, "max_body_bytes": 20_000, "max_string_length": 64, "max_queue_rows": 100}
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("service")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    params = new_project(root)
+    train_candidate(params, hide=[])
+    assert promotion.run_promotion(root, params)["promoted"]
+    record = package_project(root, params, REPO, limits=LIMITS)
+    holdout = pd.read_parquet(params["paths"]["holdout"])
+    records = json.loads(holdout.drop(columns=["label"]).head(40).to_json(orient="records"))
+    return root, record, records
+
+
+def server_env(record, log_dir, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "API_KEY_FILE")}
+    return {
+        **env,
+        "BENTOML_HOME": record["bentoml_home"],
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PREDICTION_LOG_DIR": str(log_dir),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def server(packaged, tmp_path_factory):
+    root, record, records = packaged
+    log_dir = tmp_path_factory.mktemp("predlog")
+    port = free_port()
+    cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)]
+    proc = serve(cmd, root, server_env(record, log_dir, API_KEY=KEY), port)
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+    )
+    yield client, records, log_dir
+    client.close()
+    stop(proc)
+
+
+def assert_refused(response, status, field=None, word=None):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body, dict) and body["error"] and body["message"]
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    if field is not None:
+        assert body["field"] == field
+    if word is not None:
+        assert word.lower() in body["message"].lower()
+    return body
+
+
+def test_happy_path(server):
+    client, records, _ = server
+    response = client.post("/predict", json={"records": records[:3]})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model_version"] == "1" and body["request_id"]
+    assert len(body["predictions"]) == 3 and set(body["predictions"]) <= {"yes", "no"}
+    for probabilities in body["probabilities"]:
+        assert set(probabilities) == {"no", "yes"}
+        assert sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_missing_nullable_free_id_is_allowed(server):
+    client, records, _ = server
+    record = {k: v for k, v in records[0].items() if k != "id"}
+    assert client.post("/predict", json={"records": [record]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("make_body", "status", "field", "word"),
+    [
+        (lambda r: b'{"records": [', 400, None, "json"),
+        (lambda r: json.dumps({"records": [r]})[:-7].encode(), 400, None, "json"),
+        (lambda r: b"", 400, None, "empty"),
+        (lambda r: json.dumps({"records": [{**r, "x1": "abc"}]}).encode(), 422, "records.0.x1", None),
+        (
+            lambda r: json.dumps({"records": [r]}).replace('"x1": ', '"x1": NaN, "zz": ').encode(),
+            422,
+            "records.0.x1",
+            "finite",
+        ),
+        (
+            lambda r: json.dumps({"records": [{**r, "x2": float("inf")}]}).encode(),
+            422,
+            "records.0.x2",
+            "finite",
+        ),
+        (
+            lambda r: json.dumps({"records": [r]}).replace('"x1": ', '"x1": 1e400, "zz": ').encode(),
+            422,
+            "records.0.x1",
+            "finite",
+        ),
+        (lambda r: json.dumps({"records": [{**r, "x1": 1e6}]}).encode(), 422, "records.0.x1", "less than"),
+        (lambda r: json.dumps({"records": [{**r, "x1": None}]}).encode(), 422, "records.0.x1", None),
+        (lambda r: json.dumps({"records": [{**r, "extra": 1}]}).encode(), 422, "records.0.extra", "extra"),
+        (
+            lambda r: json.dumps({"records": [{k: v for k, v in r.items() if k != "x2"}]}).encode(),
+            422,
+            "records.0.x2",
+            "required",
+        ),
+        (lambda r: json.dumps({"records": [r] * 51}).encode(), 422, "records", "at most 50"),
+        (lambda r: json.dumps({"records": []}).encode(), 422, "records", "at least 1"),
+        (
+            lambda r: json.dumps({"records": [{**r, "color": "purple"}]}).encode(),
+            422,
+            "records.0.color",
+            None,
+        ),
+        (
+            lambda r: json.dumps({"records": [{**r, "color": "y" * 5000}]}).encode(),
+            422,
+            "records.0.color",
+            None,
+        ),
+        (lambda r: json.dumps({"rows": [r]}).encode(), 422, "records", None),
+        (lambda r: json.dumps([r]).encode(), 422, None, None),
+    ],
+    ids=[
+        "malformed",
+        "truncated",
+        "empty",
+        "wrong-type",
+        "nan",
+        "infinity",
+        "1e400",
+        "out-of-range",
+        "null",
+        "extra-field",
+        "missing-field",
+        "too-many",
+        "no-records",
+        "unknown-category",
+        "huge-string",
+        "wrong-key",
+        "not-an-object",
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_problem(server, make_body, status, field, word):
+    client, records, _ = server
+    response = client.post(
+        "/predict", content=make_body(records[0]), headers={"Content-Type": "application/json"}
+    )
+    assert_refused(response, status, field, word)
+
+
+def test_error_bodies_do_not_echo_the_input(server):
+    client, records, _ = server
+    marker = "MARKER-do-not-echo"
+    response = client.post("/predict", json={"records": [{**records[0], "color": marker}]})
+    assert_refused(response, 422, "records.0.color")
+    assert marker not in response.text
+
+
+def test_wrong_content_type_is_415(server):
+    client, records, _ = server
+    response = client.post(
+        "/predict", content=json.dumps({"records": records[:1]}), headers={"Content-Type": "text/plain"}
+    )
+    assert_refused(response, 415, word="application/json")
+
+
+def test_body_over_the_limit_is_413(server):
+    client, records, _ = server
+    body = json.dumps({"records": records * 10}).encode()
+    assert len(body) > LIMITS["max_body_bytes"]
+    assert_refused(client.post("/predict", content=body, headers={"Content-Type": "application/json"}), 413)
+
+    def chunks():  # no Content-Length: the limit holds while streaming too
+        for start in range(0, len(body), 4096):
+            yield body[start : start + 4096]
+
+    assert_refused(
+        client.post("/predict", content=chunks(), headers={"Content-Type": "application/json"}), 413
+    )
+
+
+def test_api_key_is_required_and_compared(server):
+    client, records, _ = server
+    url = str(client.base_url)
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": KEY},
+        {"Authorization": f"Basic {KEY}"},
+    ):
+        response = httpx.post(f"{url}/predict", json={"records": records[:1]}, headers=headers)
+        body = assert_refused(response, 401)
+        assert set(body) == {"error", "message"}  # no detail about why
+    assert httpx.get(f"{url}/metadata").status_code == 401
+    for open_path in ("/livez", "/healthz", "/readyz", "/metrics"):
+        assert httpx.get(f"{url}{open_path}").status_code == 200, open_path
+
+
+def test_metadata_names_version_lineage_and_metrics(server):
+    client, _, _ = server
+    meta = client.get("/metadata").json()
+    assert meta["version"] == "1" and meta["registered_model"] == "test-model"
+    assert set(meta["lineage"]) >= {"lineage.git_commit", "lineage.data_md5", "lineage.params_hash"}
+    assert set(meta["features"]) == {"x1", "x2", "color"} and meta["classes"] == ["no", "yes"]
+    assert meta["runtime"]["engine"] == "onnx" and meta["runtime"]["compile_reason"] is None
+    assert meta["runtime"]["parity"]["passed"] and meta["runtime"]["versions"]["onnxruntime"]
+
+
+def test_served_answers_match_the_sklearn_champion_on_the_holdout(server, packaged):
+    """The compiled graph serves; its answers for every holdout row equal the scikit-learn
+    champion's within the parity bounds of params.yaml."""
+    client, _, _ = server
+    root, record, _ = packaged
+    bounds = yaml.safe_load((REPO / "params.yaml").read_text())["serving"]["parity"]
+    champion = bundle.load(Path(record["bentoml_home"]) / "models" / Path(*record["model"].split(":")))
+    holdout = pd.read_parquet(root / "holdout.parquet")
+    X = holdout[champion.features]
+    rows = json.loads(X.to_json(orient="records"))
+    labels, proba = [], []
+    for start in range(0, len(rows), LIMITS["max_records"]):
+        body = client.post("/predict", json={"records": rows[start : start + LIMITS["max_records"]]}).json()
+        labels += body["predictions"]
+        proba += [p["yes"] for p in body["probabilities"]]
+    assert np.mean(np.array(labels) == champion.model.predict(X)) >= bounds["min_label_agreement"]
+    truth = holdout["label"] == "yes"
+    reference = roc_auc_score(truth, champion.model.predict_proba(X)[:, 1])
+    assert abs(roc_auc_score(truth, proba) - reference) <= bounds["max_metric_delta"]
+
+
+def test_openapi_describes_the_contract(server):
+    client, _, _ = server
+    spec = client.get("/docs.json").json()
+    assert "/predict" in spec["paths"] and "/metadata" in spec["paths"]
+    record = spec["components"]["schemas"]["Record"]
+    assert set(record["required"]) == {"x1", "x2", "color"}
+    assert record["additionalProperties"] is False
+    assert record["properties"]["color"]["enum"] == ["blue", "green", "red"]
+
+
+def test_metrics_count_outcomes_and_latency(server):
+    client, records, _ = server
+    client.post("/predict", json={"records": records[:2]})
+    client.post("/predict", json={"records": [{"x1": "bad"}]})
+    text = client.get("/metrics").text
+    assert 'tabular_predictions_total{outcome="ok"}' in text
+    assert 'tabular_predictions_total{outcome="invalid"}' in text
+    assert "tabular_predict_latency_seconds_bucket" in text
+
+
+def test_overload_is_shed_fast_with_retry_after(server):
+    """A burst of 256 concurrent requests of 50 records (12,800 rows) against queues of 100 rows.
+
+    Sent from one event loop, so that they really arrive together: a thread pool of blocking
+    clients sends them too slowly to overload the compiled model."""
+    client, records, _ = server
+    body = json.dumps({"records": (records * 2)[:50]}).encode()
+    headers = {**client.headers, "Content-Type": "application/json"}
+
+    async def burst():
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        async with httpx.AsyncClient(base_url=client.base_url, limits=limits, timeout=30) as burst_client:
+
+            async def call():
+                start = time.perf_counter()
+                response = await burst_client.post("/predict", content=body, headers=headers)
+                return response, time.perf_counter() - start
+
+            return await asyncio.gather(*(call() for _ in range(256)))
+
+    results = asyncio.run(burst())
+    statuses = [r.status_code for r, _ in results]
+    assert set(statuses) <= {200, 503}, statuses
+    shed = [(r, t) for r, t in results if r.status_code == 503]
+    assert shed and statuses.count(200) > 0, statuses
+    for response, seconds in shed:
+        assert response.headers["Retry-After"] == "1"
+        assert response.json()["error"] == "overloaded"
+        assert seconds < 5  # refused at once, never left to time out
+
+
+def read_log(log_dir):
+    rows = []
+    for path in sorted((Path(log_dir) / "predictions").glob("*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def test_every_answered_prediction_is_logged_once_across_a_restart(packaged, tmp_path):
+    root, record, records = packaged
+    log_dir = tmp_path / "log"
+    answered = {}
+    for _ in range(2):  # the second round runs on a restarted server, same log
+        port = free_port()
+        cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)]
+        proc = serve(cmd, root, server_env(record, log_dir), port)
+        try:
+            for size in (1, 3, 7):
+                body = httpx.post(
+                    f"http://127.0.0.1:{port}/predict", json={"records": records[:size]}, timeout=30
+                ).json()
+                answered[body["request_id"]] = (size, body["predictions"])
+        finally:
+            stop(proc)
+        rows = read_log(log_dir)
+        assert len(rows) == sum(size for size, _ in answered.values())
+    keys = [(r["request_id"], r["record"]) for r in rows]
+    assert len(keys) == len(set(keys))  # exactly once
+    for request_id, (_size, predictions) in answered.items():
+        logged = sorted((r for r in rows if r["request_id"] == request_id), key=lambda r: r["record"])
+        assert [r["prediction"] for r in logged] == predictions
+        assert all(r["model_version"] == "1" and r["latency_ms"] >= 0 and "timestamp" in r for r in logged)
+        assert all({"x1", "x2", "color", "probability_yes"} <= set(r) for r in logged)
+
+
+def test_sigterm_lets_in_flight_requests_finish(packaged, tmp_path):
+    """Clients still sending their bodies when SIGTERM arrives get their answers."""
+    root, record, records = packaged
+    port = free_port()
+    cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)]
+    proc = serve(cmd, root, server_env(record, tmp_path / "log"), port)
+    body = json.dumps({"records": records[:10]}).encode()
+
+    def slow_body():
+        yield body[:20]
+        time.sleep(1.5)  # SIGTERM lands here, mid-request
+        yield body[20:]
+
+    def call(_):
+        return httpx.post(
+            f"http://127.0.0.1:{port}/predict",
+            content=slow_body(),
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(call, i) for i in range(8)]
+        time.sleep(0.7)
+        proc.send_signal(signal.SIGTERM)
+        responses = [f.result() for f in futures]
+    proc.wait(timeout=60)
+    assert [r.status_code for r in responses] == [200] * 8
+    assert all(len(r.json()["predictions"]) == 10 for r in responses)
+
+
+def test_tls_with_a_self_signed_certificate(packaged, tmp_path):
+    root, record, records = packaged
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    cmd = [
+        BENTOML,
+        "serve",
+        "service:Predictor",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ssl-certfile",
+        str(cert),
+        "--ssl-keyfile",
+        str(key),
+    ]
+    env = server_env(record, tmp_path / "log")
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                response = httpx.post(
+                    f"https://127.0.0.1:{port}/predict",
+                    json={"records": records[:2]},
+                    verify=context,
+                    timeout=10,
+                )
+                break
+            except (httpx.ConnectError, httpx.ReadError):
+                assert time.monotonic() < deadline, "TLS server never answered"
+                time.sleep(0.5)
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 2
+        with pytest.raises(httpx.ConnectError):  # plain HTTP is not served on the TLS port
+            httpx.get(f"https://127.0.0.1:{port}/livez", verify=True, timeout=5)
+    finally:
+        stop(proc)
+
+
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(server, tmp_path):
+    """At least 500 generated requests against the service's own OpenAPI schema."""
+    client, _, _ = server
+    url = str(client.base_url)
+    report = tmp_path / "junit.xml"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{url}/docs.json",
+            "--url",
+            url,
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance",
+            "--include-path",
+            "/predict",
+            "--max-examples",
+            "600",
+            "--header",
+            f"Authorization: Bearer {KEY}",
+            "--seed",
+            "1",
+            "--report",
+            "junit",
+            "--report-junit-path",
+            str(report),
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    cases = [int(n) for n in __import__("re").findall(r"(\d+) (?:generated|test cases)", done.stdout)]
+    assert cases and max(cases) >= 500, done.stdout[-2000:]

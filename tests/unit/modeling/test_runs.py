@@ -1,0 +1,100 @@
+"""pipelines/modeling/runs.py: lineage hashes, parameters, and models logged without pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.modeling import runs
+
+
+@pytest.mark.parametrize("size", [0, 17, 3 * (1 << 20) + 5])  # empty, small, several read blocks
+def test_file_md5_equals_hashlib(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert runs.file_md5(path) == hashlib.md5(data).hexdigest()
+    assert runs.file_md5(str(path)) == hashlib.md5(data).hexdigest()
+
+
+def test_params_hash_is_stable_and_sensitive() -> None:
+    a = {"candidate": {"model": "ridge", "params": {"alpha": 1.0}}, "seed": 42, "data": {"ignore": ["id"]}}
+    reordered = {
+        "seed": 42,
+        "data": {"ignore": ["id"]},
+        "candidate": {"params": {"alpha": 1.0}, "model": "ridge"},
+    }
+    assert runs.params_hash(a) == runs.params_hash(reordered)
+    changed = {**a, "candidate": {"model": "ridge", "params": {"alpha": 2.0}}}
+    assert runs.params_hash(changed) != runs.params_hash(a)
+    digest = runs.params_hash(a)
+    assert len(digest) == 16 and int(digest, 16) >= 0
+
+
+def test_params_hash_is_the_same_in_another_process() -> None:
+    params = {"b": [1, 2, {"x": None}], "a": {"z": 1.5, "y": "text"}}
+    code = (
+        "import sys, json; from pipelines.modeling import runs; "
+        "print(runs.params_hash(json.loads(sys.argv[1])))"
+    )
+    import json
+
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(params)], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+    assert out == runs.params_hash(params)
+
+
+def test_flatten() -> None:
+    nested = {"model": "rf", "params": {"n": 3, "deep": {"x": 1}}, "empty": {}}
+    assert runs.flatten(nested) == {"model": "rf", "params.n": 3, "params.deep.x": 1}
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_lineage_tags(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    raw = tmp_path / "data" / "snapshot.parquet"
+    raw.write_bytes(b"some bytes")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-q", "-m", "x")
+    tags = runs.lineage_tags(tmp_path, "data/snapshot.parquet", {"seed": 1})
+    assert tags == {
+        "lineage.git_commit": _git(tmp_path, "rev-parse", "HEAD"),
+        "lineage.data_md5": hashlib.md5(b"some bytes").hexdigest(),
+        "lineage.params_hash": runs.params_hash({"seed": 1}),
+    }
+
+
+def test_git_commit_outside_a_repository_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "not-a-repo"
+    folder.mkdir()
+    # GIT_CEILING_DIRECTORIES keeps git from finding a repository above tmp_path.
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    assert runs.git_commit(folder) == "unknown"
+
+
+def test_pinned_requirements_name_installed_versions() -> None:
+    from importlib import metadata
+
+    pins = runs.pinned_requirements()
+    assert pins == [f"{name}=={metadata.version(name)}" for name in runs.MODEL_REQUIREMENTS]
+    assert any(pin.startswith("scikit-learn==") for pin in pins)
