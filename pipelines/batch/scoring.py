@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.core import files, stores
-from pipelines.serving import bundle
 from pipelines.core.errors import DataError, PipelineError
+from pipelines.serving import answers, bundle, schema
 
 
 def chunks(source: str, rows: int) -> Iterator[pd.DataFrame]:
@@ -51,10 +51,10 @@ def score_chunk(
     loaded: bundle.LoadedModel, chunk: pd.DataFrame, limits: dict
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(scored rows with prediction columns, refused rows with their reason)."""
-    problems = bundle.row_problems(chunk, loaded.meta["fields"], limits["max_string_length"])
+    problems = schema.row_problems(chunk, loaded.meta["fields"], limits["max_string_length"])
     good, bad = chunk[problems.isna()], chunk[problems.notna()].assign(reason=problems[problems.notna()])
     if len(good):
-        predictions, probabilities = bundle.answer_frame(loaded, good)
+        predictions, probabilities = answers.answer_frame(loaded, good)
         good = good.assign(prediction=predictions)
         if probabilities is not None:
             good = pd.concat([good, probabilities.set_index(good.index)], axis=1)
@@ -101,7 +101,7 @@ def run(source: str, target: str, rejects: str, chunk_rows: int, model_path: Pat
 
     with threadpool_limits(1):  # see below
         loaded = bundle.load(model_path, threads=0)  # the compiled graph may use every core
-    limits = {**bundle.DEFAULT_LIMITS, **loaded.meta.get("limits", {})}
+    limits = loaded.meta["limits"]
     passthrough = set(loaded.meta.get("optional_fields", {})) | {loaded.meta.get("target")}
     out, bad = Sink(target), Sink(rejects)
     ok = False
@@ -140,7 +140,9 @@ def rejects_path(source: str, target: str) -> str:
     return str(path.with_name(f"{path.stem}.rejects{path.suffix}"))
 
 
-def score_file(root: Path, params: dict, source: str, target: str, rejects: str, chunk_rows: int) -> tuple[int, int]:
+def score_file(
+    root: Path, params: dict, source: str, target: str, rejects: str, chunk_rows: int
+) -> tuple[int, int]:
     """Check the names and the input before loading anything; then score. (scored, refused) rows."""
     files.table_format(source)
     files.table_format(target)

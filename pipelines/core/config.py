@@ -24,7 +24,6 @@ def project_root(start: Path | None = None) -> Path:
     raise ParamsError(f"no {PARAMS_FILE} found in {here} or any parent directory")
 
 
-
 def load_params(path: Path) -> dict[str, Any]:
     try:
         params = yaml.safe_load(path.read_text())

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.modeling.preprocessing import column_kinds
+from pipelines.data.splitting import column_kinds
 
 
 def overview(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Train/holdout split and the feature/target view of a table."""
+"""Train/holdout split, and the feature/target view of a table and its column kinds."""
 
 from __future__ import annotations
 
@@ -24,3 +24,13 @@ def split_frame(
     stratify = frame[target] if task == "classification" and can_stratify(frame[target]) else None
     train, holdout = train_test_split(frame, test_size=holdout_size, random_state=seed, stratify=stratify)
     return train.reset_index(drop=True), holdout.reset_index(drop=True)
+
+
+def column_kinds(features: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Numeric columns and the rest (text, booleans), by dtype.
+
+    pandas 3 reads text as `str`, not `object`, so select numbers and take the complement.
+    """
+    numeric = features.select_dtypes("number").columns.tolist()
+    categorical = [c for c in features.columns if c not in numeric]
+    return numeric, categorical

@@ -11,18 +11,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from pipelines.core.errors import ParamsError
+from pipelines.data.splitting import column_kinds
 
 MISSING_CATEGORY = "__missing__"
-
-
-def column_kinds(features: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """Numeric columns and the rest (text, booleans), by dtype.
-
-    pandas 3 reads text as `str`, not `object`, so select numbers and take the complement.
-    """
-    numeric = features.select_dtypes("number").columns.tolist()
-    categorical = [c for c in features.columns if c not in numeric]
-    return numeric, categorical
 
 
 def build_preprocessor(features: pd.DataFrame, params: dict[str, Any]) -> ColumnTransformer:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.modeling import metrics
-from pipelines.serving import bundle
+from pipelines.serving.runtimes import CompiledRuntime, model_outputs
 
 Converter = Callable[[Any, list[tuple[str, Any]]], bytes]
 
@@ -218,7 +218,7 @@ def compile_model(
                 f"conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             ) from None
         try:
-            path = bundle.CompiledPath(onnx_bytes, inputs, task)
+            path = CompiledRuntime(onnx_bytes, inputs, task)
             served = path.run(path.record_feeds(records))
             batched = path.run(path.frame_feeds(X))
         except Exception as exc:
@@ -227,7 +227,7 @@ def compile_model(
             ) from None
         if not np.array_equal(served, batched):
             raise NotCompiled("the batch feed and the request feed disagree")
-        reference = bundle.model_scores(model, X, task)
+        reference = model_outputs(model, X, task)
         classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
         figures = parity(task, y, reference, served, classes, positive, metric, bounds)
         record["parity"] = figures

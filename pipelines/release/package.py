@@ -10,7 +10,6 @@ it (`store_model`, `record_compilation`); then build the bento (`package`).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -198,9 +197,8 @@ def import_champion(client: Any, name: str, params: dict) -> Any:
 
 def package(root: Path, params: dict) -> dict[str, Any]:
     stores.use_bentoml_home(root, params)
-    import mlflow
-
     import bentoml
+    import mlflow
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     runs.use_project_experiment(root, params)

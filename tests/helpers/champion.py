@@ -17,10 +17,9 @@ import pandas as pd
 import pytest
 
 from pipelines.core import files
-from pipelines.modeling import metrics
-from pipelines.modeling import models
+from pipelines.core.layout import Layout
+from pipelines.modeling import metrics, models, runs
 from pipelines.release import registry
-from pipelines.modeling import runs
 
 
 def make_frame(n, seed):
@@ -41,10 +40,11 @@ def new_project(tmp_path):
             "holdout": str(tmp_path / "holdout.parquet"),
             "models": str(tmp_path / "models"),
             "metrics": str(tmp_path / "metrics"),
+            "plots": str(tmp_path / "plots"),
             "raw": str(tmp_path / "train.parquet"),
             "promotion": str(tmp_path / "promotion.json"),
         },
-        "train": {"candidates": {"cand": {"model": "logistic_regression", "params": {}}}},
+        "train": {"candidates": {"cand": {"model": "linear", "params": {}}}},
         "promote": {
             "registered_model": "test-model",
             "primary_metric": "roc_auc",
@@ -87,7 +87,7 @@ def package_project(root, params, repo, limits=None, compile=None):
     params["serving"] = {
         **settings,
         "bentoml_home": str(root / "bentoml"),
-        "limits": limits or {},
+        "limits": {**settings["limits"], **(limits or {})},
         "compile": compile or settings["compile"],
     }
     params["paths"]["contract"] = str(root / "contract.yaml")
@@ -98,7 +98,7 @@ def package_project(root, params, repo, limits=None, compile=None):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if k not in ("BENTOML_HOME", "MLFLOW_TRACKING_URI")}
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.release.package"],
+        [sys.executable, "-m", "pipelines", "package"],
         cwd=root,
         capture_output=True,
         text=True,
@@ -129,17 +129,17 @@ def train_candidate(params, hide, seed=0):
     scores = metrics.evaluate(
         model, holdout.drop(columns=["label", "id"]), holdout["label"], "classification", "yes"
     )
-    runs.use_experiment(params["tracking"]["experiment"], runs.Path(params["tracking"]["store"]))
+    runs.use_experiment(params["tracking"]["experiment"], Path(params["tracking"]["store"]))
     with mlflow.start_run() as run:
         mlflow.set_tags(
             {"lineage.git_commit": "test", "lineage.data_md5": "x", "lineage.params_hash": ",".join(hide)}
         )
         uri = runs.log_model(model, X.head(3))
+    layout = Layout.from_paths(paths)
     files.write_json(
-        {"run_id": run.info.run_id, "model_uri": uri, "positive_class": "yes"},
-        f"{paths['models']}/cand/run.json",
+        {"run_id": run.info.run_id, "model_uri": uri, "positive_class": "yes"}, layout.run_record("cand")
     )
-    files.write_json(scores, f"{paths['metrics']}/holdout/cand.json")
+    files.write_json(scores, layout.holdout_scores("cand"))
     return scores
 
 

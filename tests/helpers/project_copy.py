@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
+
 from helpers.support import Background, read_yaml, run
 
 REPRO_TIMEOUT = 1200  # seconds for one whole default run; it takes ~75 s on 2 idle cores

@@ -6,9 +6,8 @@ The candidates and the store come from tests/champion_support.py.
 import pytest
 from helpers.champion import champion, project, train_candidate  # noqa: F401 - fixture
 
-from pipelines.release import promotion
-from pipelines.release import registry
 from pipelines.core.errors import PipelineError
+from pipelines.release import promotion, registry
 
 pytestmark = pytest.mark.integration
 

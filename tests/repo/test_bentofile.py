@@ -1,10 +1,8 @@
 """The bento's pinned requirements are the versions of the project's own lock."""
 
 import re
-from pathlib import Path
 
 import yaml
-
 from helpers.support import PROJECT as REPO
 
 
@@ -21,14 +19,20 @@ def test_bentofile_pins_match_the_lock():
     assert {name: locked.get(name.lower()) for name in pins} == pins
 
 
-def test_bentofile_includes_what_the_service_imports():
+def test_bentofile_includes_exactly_the_serving_package():
+    """The bento carries service.py and pipelines/serving/ (which imports nothing else of ours)."""
+    import fnmatch
+
     bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
     service = (REPO / "service.py").read_text()
-    imported = set(re.findall(r"^from pipelines import (\w+)", service, re.M))
-    assert imported, "service.py imports nothing from pipelines/"
-    for module in imported:
-        assert f"/pipelines/{module}.py" in bentofile["include"]
-    for module in ("serving", "http"):
-        source = (REPO / "pipelines" / f"{module}.py").read_text()
-        assert not re.search(r"^\s*(import|from)\s+(mlflow|pandera|dvc)\b", source, re.M)
-        assert re.findall(r"^from pipelines import (\w+)", source, re.M) in ([], ["serving"])
+    imported = re.findall(r"^from (pipelines[\w.]*) import", service, re.M)
+    assert imported == ["pipelines.serving"], imported
+    tracked = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "pipelines").rglob("*.py"))
+    included = {
+        path
+        for path in tracked
+        for pattern in bentofile["include"]
+        if fnmatch.fnmatch("/" + path, pattern)
+    }
+    serving = {path for path in tracked if path.startswith("pipelines/serving/")}
+    assert included == serving | {"pipelines/__init__.py"}

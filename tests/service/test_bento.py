@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 from helpers.champion import free_port, package_project, post, project, serve, stop, train_candidate  # noqa: F401 - fixture
+from helpers.support import PROJECT as REPO
 
 from pipelines.release import promotion
-from pipelines.serving import bundle
+from pipelines.serving import answers, bundle
 
 pytestmark = pytest.mark.integration
-from helpers.support import PROJECT as REPO
 
 
 @pytest.fixture
@@ -34,7 +34,8 @@ def packaged(project, monkeypatch):
     records = json.loads(holdout.drop(columns=["label", "id"]).to_json(orient="records"))
     # The champion in-process, loaded the way the service loads it.
     model_dir = Path(record["bentoml_home"]) / "models" / bundle.MODEL_NAME / record["model"].split(":")[1]
-    expected = bundle.predict(bundle.load(model_dir), records)
+    loaded = bundle.load(model_dir)
+    expected = answers.response_body("", loaded.version, *answers.answer(loaded, records))
     return root, record, records, expected
 
 

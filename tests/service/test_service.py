@@ -21,13 +21,14 @@ import pandas as pd
 import pytest
 import yaml
 from helpers.champion import free_port, new_project, package_project, serve, stop, train_candidate
+from helpers.support import PROJECT as REPO
 from sklearn.metrics import roc_auc_score
 
 from pipelines.release import promotion
 from pipelines.serving import bundle
 
 pytestmark = pytest.mark.integration
-from helpers.support import PROJECT as REPO
+
 KEY = "test-key-0123456789"
 LIMITS = {"max_records": 50, "max_body_bytes": 20_000, "max_string_length": 64, "max_queue_rows": 100}
 BENTOML = str(Path(sys.executable).parent / "bentoml")
@@ -235,7 +236,7 @@ def test_metadata_names_version_lineage_and_metrics(server):
     assert meta["version"] == "1" and meta["registered_model"] == "test-model"
     assert set(meta["lineage"]) >= {"lineage.git_commit", "lineage.data_md5", "lineage.params_hash"}
     assert set(meta["features"]) == {"x1", "x2", "color"} and meta["classes"] == ["no", "yes"]
-    assert meta["runtime"]["engine"] == "onnx" and meta["runtime"]["compile_reason"] is None
+    assert meta["runtime"]["name"] == "onnx" and meta["runtime"]["compile_reason"] is None
     assert meta["runtime"]["parity"]["passed"] and meta["runtime"]["versions"]["onnxruntime"]
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data import contract
 from pipelines.core.errors import ContractViolation, DataError
+from pipelines.data import contract
 
 INFER = {"max_categories": 5, "null_tolerance": 0.05}
 

@@ -13,18 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.champion import make_frame, package_project, project, train_candidate  # noqa: F401
+from helpers.support import PROJECT as REPO
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from pipelines.release import compilation
 from pipelines.core import config
-from pipelines.modeling import metrics
-from pipelines.modeling import models
-from pipelines.serving import bundle
 from pipelines.data import splitting
-from pipelines.modeling import runs
+from pipelines.modeling import metrics, models, runs
+from pipelines.release import compilation
+from pipelines.serving import answers, bundle, runtimes
 
-from helpers.support import PROJECT as REPO
 PARAMS = config.load_params(REPO / "params.yaml")
 BOUNDS = PARAMS["serving"]["parity"]
 
@@ -50,7 +48,7 @@ def fitted(kind_spec, train, target, ignore, task, name="cand"):
 def loaded_model(model, onnx_bytes, record, task):
     """The model as the service holds it, answering through the compiled graph."""
     classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
-    compiled = bundle.CompiledPath(onnx_bytes, record["inputs"], task)
+    compiled = runtimes.CompiledRuntime(onnx_bytes, record["inputs"], task)
     return bundle.LoadedModel(
         model=model,
         version="1",
@@ -85,7 +83,7 @@ def test_every_default_candidate_compiles_and_matches(default_data, candidate):
         bounds=BOUNDS,
     )
     assert record["reason"] is None and onnx_bytes is not None, record
-    assert record["engine"] == "onnx" and record["parity"]["passed"]
+    assert record["runtime"] == "onnx" and record["parity"]["passed"]
     assert record["parity"]["rows"] == len(holdout)
     assert record["parity"]["label_agreement"] >= BOUNDS["min_label_agreement"]
     assert record["parity"]["metric_delta"] <= BOUNDS["max_metric_delta"]
@@ -94,7 +92,7 @@ def test_every_default_candidate_compiles_and_matches(default_data, candidate):
     # The served answer, records in, equals the scikit-learn champion's within the bounds.
     loaded = loaded_model(model, onnx_bytes, record, "classification")
     features = loaded.features
-    labels, probabilities = bundle.answer(loaded, holdout_records(holdout, features))
+    labels, probabilities = answers.answer(loaded, holdout_records(holdout, features))
     expected = model.predict(holdout[features])
     assert np.mean(np.asarray(labels) == expected) >= BOUNDS["min_label_agreement"]
     served = np.array([[p[str(c)] for c in loaded.classes] for p in probabilities])
@@ -107,7 +105,7 @@ def test_every_default_candidate_compiles_and_matches(default_data, candidate):
     )
     assert delta <= BOUNDS["max_metric_delta"]
     # Batch scoring goes through the compiled graph too, and answers exactly as the request path.
-    batch_labels, batch_probabilities = bundle.answer_frame(loaded, holdout)
+    batch_labels, batch_probabilities = answers.answer_frame(loaded, holdout)
     assert batch_labels == labels
     assert np.allclose(batch_probabilities.to_numpy(), served, atol=1e-6)
 
@@ -130,13 +128,13 @@ def test_regression_candidates_compile_and_match(kind):
     onnx_bytes, record = compilation.compile_model(
         model, holdout, target="label", task="regression", positive=None, metric="r2", bounds=BOUNDS
     )
-    assert record["engine"] == "onnx", record["reason"]
+    assert record["runtime"] == "onnx", record["reason"]
     parity = record["parity"]
     assert parity["max_relative_error"] <= BOUNDS["max_relative_error"] or (
         parity["metric_delta"] <= BOUNDS["max_metric_delta"]
     )
     loaded = loaded_model(model, onnx_bytes, record, "regression")
-    predictions, probabilities = bundle.answer(loaded, holdout_records(holdout, loaded.features))
+    predictions, probabilities = answers.answer(loaded, holdout_records(holdout, loaded.features))
     assert probabilities is None
     expected = model.predict(holdout[loaded.features])
     r2_served = metrics.regression_scores(holdout["label"], np.asarray(predictions))["r2"]
@@ -179,7 +177,7 @@ def compile_small(model, **options):
 def test_a_model_that_cannot_be_converted_is_served_by_sklearn_with_the_reason():
     onnx_bytes, record = compile_small(small_model(HandMadeModel()))
     assert onnx_bytes is None
-    assert record["engine"] == "sklearn"
+    assert record["runtime"] == "sklearn"
     assert record["reason"].startswith("conversion failed") and "HandMadeModel" in record["reason"]
 
 
@@ -191,7 +189,7 @@ def test_a_compiled_model_that_misses_parity_is_never_served():
         return compilation.to_onnx(compilation.without_imputers(wrong)[0], inputs)
 
     onnx_bytes, record = compile_small(small_model(), convert=wrong_converter)
-    assert onnx_bytes is None and record["engine"] == "sklearn"
+    assert onnx_bytes is None and record["runtime"] == "sklearn"
     assert record["reason"].startswith("parity missed")
     assert not record["parity"]["passed"] and record["parity"]["misses"]
 
@@ -201,19 +199,19 @@ def test_a_tampered_compiled_file_is_not_served(tmp_path):
     onnx_bytes, record = compile_small(small_model())
     meta = {"task": "classification", "compiled": record}
     (tmp_path / bundle.COMPILED_FILE).write_bytes(onnx_bytes)
-    assert bundle.compiled_path(tmp_path, meta) is not None
+    assert bundle.compiled_runtime(tmp_path, meta) is not None
     (tmp_path / bundle.COMPILED_FILE).write_bytes(onnx_bytes + b"\0")
-    assert bundle.compiled_path(tmp_path, meta) is None
-    assert bundle.compiled_path(tmp_path, {**meta, "compiled": {**record, "engine": "sklearn"}}) is None
+    assert bundle.compiled_runtime(tmp_path, meta) is None
+    assert bundle.compiled_runtime(tmp_path, {**meta, "compiled": {**record, "runtime": "sklearn"}}) is None
 
 
-def test_the_engine_is_named_by_the_path_that_answers():
+def test_the_runtime_is_named_by_the_one_that_answers():
     model = small_model()
     onnx_bytes, record = compile_small(model)
     loaded = loaded_model(model, onnx_bytes, record, "classification")
-    assert loaded.engine == "onnx"
-    assert replace(loaded, compiled=None).engine == "sklearn-frame"
-    assert replace(loaded, compiled=None, arrays=bundle.array_path(model)).engine == "sklearn-arrays"
+    assert loaded.runtime == "onnx"
+    assert replace(loaded, compiled=None).runtime == "sklearn-frame"
+    assert replace(loaded, compiled=None, arrays=runtimes.array_runtime(model)).runtime == "sklearn-arrays"
 
 
 def packaged_meta(record):
@@ -225,7 +223,7 @@ def packaged_meta(record):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("choice", ["onnx", "none"])
-def test_packaging_records_the_engine_with_the_bento_and_in_mlflow(project, choice):
+def test_packaging_records_the_runtime_with_the_bento_and_in_mlflow(project, choice):
     """`make package` compiles (or not), and says what serves and why, in the bento and MLflow."""
     import mlflow
 
@@ -241,16 +239,16 @@ def test_packaging_records_the_engine_with_the_bento_and_in_mlflow(project, choi
     version = client.get_model_version(params["promote"]["registered_model"], record["registry_version"])
     logged = client.list_artifacts(version.run_id, "compiled")
     if choice == "onnx":
-        assert record["engine"] == meta["compiled"]["engine"] == "onnx"
+        assert record["runtime"] == meta["compiled"]["runtime"] == "onnx"
         assert meta["compiled"]["parity"]["passed"] and meta["compiled"]["reason"] is None
         assert (model_dir / bundle.COMPILED_FILE).is_file()
         assert {Path(a.path).name for a in logged} == {"record.json", bundle.COMPILED_FILE}
-        assert bundle.load(model_dir).engine == "onnx"
+        assert bundle.load(model_dir).runtime == "onnx"
     else:
-        assert record["engine"] == meta["compiled"]["engine"] == "sklearn"
+        assert record["runtime"] == meta["compiled"]["runtime"] == "sklearn"
         assert "serving.compile is 'none'" in meta["compiled"]["reason"]
         assert not (model_dir / bundle.COMPILED_FILE).exists()
         assert {Path(a.path).name for a in logged} == {"record.json"}
-        assert bundle.load(model_dir).engine.startswith("sklearn")
-    assert version.tags["serving.engine"] == meta["compiled"]["engine"]
-    assert version.tags["serving.engine_reason"] == (meta["compiled"]["reason"] or "")
+        assert bundle.load(model_dir).runtime.startswith("sklearn")
+    assert version.tags["serving.runtime"] == meta["compiled"]["runtime"]
+    assert version.tags["serving.runtime_reason"] == (meta["compiled"]["reason"] or "")

@@ -8,7 +8,7 @@ from threadpoolctl import threadpool_limits
 
 from pipelines.data import contract
 from pipelines.modeling import models
-from pipelines.serving import bundle
+from pipelines.serving import answers, bundle, runtimes
 
 KINDS = {
     "classification": ["logistic_regression", "random_forest", "hist_gradient_boosting"],
@@ -51,15 +51,15 @@ def test_array_path_equals_dataframe_path(task, index):
         features=list(X.columns),
         classes=list(getattr(model, "classes_", [])),
         meta={"fields": fields},
-        arrays=bundle.array_path(model),
+        arrays=runtimes.array_runtime(model),
     )
-    assert loaded.arrays is not None and bundle._array_path_agrees(loaded)
+    assert loaded.arrays is not None and bundle._arrays_agree(loaded)
     records = [
         {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
         for r in test.drop(columns=["label", "id"]).to_dict("records")
     ]
-    with_arrays = bundle.answer(loaded, records)
-    without = bundle.answer(bundle.LoadedModel(**{**loaded.__dict__, "arrays": None}), records)
+    with_arrays = answers.answer(loaded, records)
+    without = answers.answer(bundle.LoadedModel(**{**loaded.__dict__, "arrays": None}), records)
     assert with_arrays[0] == without[0]
     if task == "classification":
         assert with_arrays[1] == without[1]
@@ -72,4 +72,4 @@ def test_array_path_equals_dataframe_path(task, index):
 def test_array_path_refuses_other_shapes():
     from sklearn.linear_model import LogisticRegression
 
-    assert bundle.array_path(LogisticRegression()) is None
+    assert runtimes.array_runtime(LogisticRegression()) is None

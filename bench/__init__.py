@@ -1,0 +1,1 @@
+"""Benchmarks of this project: `bench.pipeline` (DVC + papermill) and `bench/serve.py` (serving)."""
