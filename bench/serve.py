@@ -138,17 +138,17 @@ def repeat(fn, items: list, seconds: float, limit: int) -> list[float]:
 def in_process(loaded, records: list[dict], seconds: float) -> dict[str, dict]:
     """The limits, one row at a time in this process: the scikit-learn pipeline on a one-row
     DataFrame (what a hand-written server pays), and the served path, records in, answer out."""
-    from pipelines.serving import bundle
+    from pipelines.serving import answers, runtimes
 
     sklearn = repeat(
-        lambda r: bundle.model_scores(
+        lambda r: runtimes.model_outputs(
             loaded.model, pd.DataFrame.from_records([r], columns=loaded.features), loaded.task
         ),
         records,
         seconds,
         5000,
     )
-    served = repeat(lambda r: bundle.answer(loaded, [r]), records, seconds, 50_000)
+    served = repeat(lambda r: answers.answer(loaded, [r]), records, seconds, 50_000)
     return {"in-process sklearn": latency_figures(sklearn), "in-process served": latency_figures(served)}
 
 
@@ -156,16 +156,15 @@ def breakdown(loaded, records: list[dict], workdir: Path) -> dict[str, float]:
     """Median microseconds of each step a single-record request takes inside the service."""
     from fastapi.responses import JSONResponse
 
-    from pipelines.serving import app
-    from pipelines.serving import bundle
+    from pipelines.serving import answers, prediction_log, schema
 
-    limits = {**bundle.DEFAULT_LIMITS, **loaded.meta.get("limits", {})}
-    record_model = bundle.record_model(
+    limits = loaded.meta["limits"]
+    record_model = schema.record_model(
         loaded.meta["fields"], loaded.meta.get("optional_fields", {}), limits["max_string_length"]
     )
-    body_model = bundle.request_model(record_model, limits["max_records"])
+    body_model = schema.request_model(record_model, limits["max_records"])
     bodies = [json.dumps({"records": [r]}).encode() for r in records[:500]]
-    prediction_log = app.PredictionLog(workdir / "breakdown-log")
+    log = prediction_log.PredictionLog(workdir / "breakdown-log")
     steps: dict[str, list[float]] = {}
 
     def timed(name: str, fn, *args):
@@ -182,11 +181,11 @@ def breakdown(loaded, records: list[dict], workdir: Path) -> dict[str, float]:
             if loaded.compiled is not None:
                 feeds = timed("feature arrays", loaded.compiled.record_feeds, rows)
                 timed("model (onnxruntime)", loaded.compiled.run, feeds)
-            predictions, probabilities = timed("whole answer()", bundle.answer, loaded, rows)
-            answer = bundle.response_body("x" * 32, loaded.version, predictions, probabilities)
+            predictions, probabilities = timed("whole answer()", answers.answer, loaded, rows)
+            answer = answers.response_body("x" * 32, loaded.version, predictions, probabilities)
             timed(
                 "prediction log write",
-                prediction_log,
+                log,
                 "x" * 32,
                 loaded.version,
                 rows,
@@ -234,14 +233,14 @@ def batch_scoring(
     from threadpoolctl import threadpool_limits
 
     from pipelines.batch import scoring
-    from pipelines.release import compilation
     from pipelines.modeling import metrics
-    from pipelines.serving import bundle
+    from pipelines.release import compilation
+    from pipelines.serving import bundle, runtimes
 
     columns = [c for c in holdout.columns if c in loaded.features]
     frame = pd.concat([holdout[columns]] * (rows // len(holdout) + 1), ignore_index=True).iloc[:rows]
     chunks = [frame.iloc[i : i + chunk_rows] for i in range(0, rows, chunk_rows)]
-    limits = {**bundle.DEFAULT_LIMITS, **loaded.meta.get("limits", {})}
+    limits = loaded.meta["limits"]
 
     def chunk_scorer(model):
         return lambda chunk: scoring.score_chunk(model, chunk, limits)
@@ -254,7 +253,7 @@ def batch_scoring(
         )
     }
     # As batch-predict runs it: the compiled graph on every core; scikit-learn given every core too.
-    wide = replace(loaded, compiled=bundle.compiled_path(model_dir, loaded.meta, threads=0))
+    wide = replace(loaded, compiled=bundle.compiled_runtime(model_dir, loaded.meta, threads=0))
     with threadpool_limits(every_core):
         figures["champion, every core"] = timed_runs(
             {"compiled": chunk_scorer(wide), "sklearn": chunk_scorer(replace(loaded, compiled=None))}, chunks
@@ -275,7 +274,7 @@ def batch_scoring(
         candidate = replace(
             loaded,
             model=model,
-            compiled=bundle.CompiledPath(onnx_bytes, record["inputs"], task),
+            compiled=runtimes.CompiledRuntime(onnx_bytes, record["inputs"], task),
             arrays=None,
         )
         figures[f"candidate {path.parent.name}"] = timed_runs(
@@ -284,7 +283,7 @@ def batch_scoring(
         )
 
     def predict_only(chunk: pd.DataFrame) -> None:
-        bundle.model_scores(loaded.model, chunk, task)
+        runtimes.model_outputs(loaded.model, chunk, task)
 
     with threadpool_limits(every_core):  # as batch-predict's compiled graph has
         all_cores = timed_runs({"every core": predict_only}, chunks)["every core"]
@@ -322,8 +321,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def servers(model_dir: Path, params: dict, workdir: Path) -> dict[str, dict]:
     """How to start each server and what body it takes."""
-    from pipelines.modeling import runs
-    from pipelines.release.package import bentoml_home
+    from pipelines.core import stores
 
     env = {
         **os.environ,
@@ -333,7 +331,7 @@ def servers(model_dir: Path, params: dict, workdir: Path) -> dict[str, dict]:
     }
     env.pop("API_KEY", None)
     env.pop("API_KEY_FILE", None)
-    uri = runs.tracking_uri(runs.store_dir(ROOT, params["tracking"]["store"]))
+    uri = stores.tracking_uri(stores.mlflow_store(ROOT, params))
     name = params["promote"]["registered_model"]
     ports = {k: free_port() for k in ("mlflow", "fastapi", "service")}
     return {
@@ -386,7 +384,6 @@ def servers(model_dir: Path, params: dict, workdir: Path) -> dict[str, dict]:
             ],
             "env": {
                 **env,
-                "BENTOML_HOME": str(bentoml_home(ROOT, params)),
                 "PREDICTION_LOG_DIR": str(workdir / "predlog"),
             },
             "ready": f"http://127.0.0.1:{ports['service']}/readyz",
@@ -463,9 +460,9 @@ def main() -> int:
 
     from threadpoolctl import threadpool_limits
 
-    from pipelines.core import config
-    from pipelines.serving import bundle
     from pipelines.batch.scoring import champion_path
+    from pipelines.core import config
+    from pipelines.serving import bundle, runtimes
 
     threadpool_limits(1)
     params = config.load_params(ROOT / "params.yaml")
@@ -475,7 +472,7 @@ def main() -> int:
     records = json.loads(holdout[loaded.features].to_json(orient="records"))
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     print(
-        f"champion v{loaded.version} ({loaded.meta.get('candidate')}), served by {loaded.engine}; "
+        f"champion v{loaded.version} ({loaded.meta.get('candidate')}), served by {loaded.runtime}; "
         f"{len(records)} holdout records; logs in {workdir}",
         flush=True,
     )
@@ -493,7 +490,7 @@ def main() -> int:
     times = []
     for _ in range(5):
         start_time = time.perf_counter()
-        bundle.model_scores(loaded.model, X, loaded.task)
+        runtimes.model_outputs(loaded.model, X, loaded.task)
         times.append(time.perf_counter() - start_time)
     batch_rows = {"in-process sklearn predict": round(len(batch) / statistics.median(times), 1)}
 
@@ -539,7 +536,7 @@ def main() -> int:
     for name, value in steps.items():
         print(f"  {name:<62} {value:>9}")
     report = {
-        "engine": loaded.engine,
+        "runtime": loaded.runtime,
         "results": results,
         "batch_rows_per_s": batch_rows,
         "batch_scoring": scoring,

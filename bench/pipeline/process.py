@@ -66,7 +66,9 @@ class TreeMonitor(threading.Thread):
                     cpu += k.user + k.system
         except GONE:
             return
-        stage = self.stages.setdefault(label, {"start": started, "end": now, "peak_rss_mb": 0.0, "cpu_s": 0.0})
+        stage = self.stages.setdefault(
+            label, {"start": started, "end": now, "peak_rss_mb": 0.0, "cpu_s": 0.0}
+        )
         stage["end"] = now
         stage["peak_rss_mb"] = max(stage["peak_rss_mb"], sub / MB)
         stage["cpu_s"] = max(stage["cpu_s"], cpu)

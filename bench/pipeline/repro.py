@@ -77,7 +77,9 @@ def part_noop(project: Path, logs: Path, runs: int) -> dict[str, Any]:
     env = bench_env(project)
     results = []
     for i in range(runs):
-        res = run(dvc("repro"), project, env=env, log=logs / f"noop-{i}.log", timeout=NOOP_TIMEOUT_S, wait=i == 0)
+        res = run(
+            dvc("repro"), project, env=env, log=logs / f"noop-{i}.log", timeout=NOOP_TIMEOUT_S, wait=i == 0
+        )
         res["ran_a_stage"] = "Running stage" in Path(res["log"]).read_text()
         results.append(res)
     ok = [r["wall_s"] for r in results if r["returncode"] == 0 and not r["ran_a_stage"]]

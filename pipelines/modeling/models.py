@@ -141,8 +141,8 @@ def candidate_spec(candidates: dict[str, Any], name: str | None) -> tuple[str, d
 def fit(model: Pipeline, X: pd.DataFrame, y: pd.Series, name: str) -> Pipeline:
     """Fit, turning scikit-learn's hyperparameter validation into a params error.
 
-    build_estimator checks each value already; this catches what only fitting finds (values that
-    do not go together, such as a penalty the solver lacks).
+    build_estimator checks each value already, naming its block; this is the backstop for values
+    set or checked later (the message then names the candidate only).
     """
     try:
         return model.fit(X, y)

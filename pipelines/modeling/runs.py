@@ -104,14 +104,38 @@ def pinned_requirements(packages: tuple[str, ...] = MODEL_REQUIREMENTS) -> list[
     return [f"{name}=={metadata.version(name)}" for name in packages]
 
 
+def signature_frame(frame: Any) -> Any:
+    """The input example as the model's signature should declare it.
+
+    A column that is integer in the training frame (numpy int64: the contract does not let it
+    be missing) becomes int64, declared `long`. MLflow then accepts int64 and narrower integers,
+    as `pandas.read_csv` gives them, and refuses a float there: even a whole one, and a NaN with
+    its hint about missing values ("Can not safely convert float64 to int64"). That is what the
+    contract says too, for which a gap in such a column is a violation. A column that may be
+    missing is float64 in the training frame, declared `double`, and takes NaN; MLflow refuses
+    int64 for it (unless every value is 0 or 1), so a caller whose file holds only whole numbers
+    there casts it to float. A nullable integer extension dtype (Int64) may hold NA, so it is
+    declared `double` too.
+    """
+    import pandas as pd
+
+    casts = {}
+    for column, dtype in frame.dtypes.items():
+        if pd.api.types.is_integer_dtype(dtype):
+            nullable = isinstance(dtype, pd.api.extensions.ExtensionDtype)
+            casts[column] = "float64" if nullable else "int64"
+    return frame.astype(casts)
+
+
 def log_model(model: Any, input_example: Any, name: str = "model") -> str:
-    """Log a scikit-learn pipeline with its signature and pinned requirements; return its URI."""
+    """Log a scikit-learn pipeline with its signature and pinned requirements; return its URI.
+
+    The signature is inferred from `input_example` as `signature_frame` declares it.
+    """
     import mlflow
     from mlflow.models import infer_signature
 
-    # Integer columns are declared as doubles: a missing value arrives as NaN, which an int
-    # column of the signature would refuse.
-    example = input_example.astype({c: "float64" for c in input_example.select_dtypes("integer")})
+    example = signature_frame(input_example)
     info = mlflow.sklearn.log_model(
         model,
         name=name,

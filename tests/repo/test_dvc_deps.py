@@ -176,3 +176,29 @@ def test_stage_code_deps_exist(name: str) -> None:
     code = [d for d in dep_paths(STAGES[name]) if d.startswith(f"{PACKAGE}/")]
     assert code
     assert [d for d in code if not (PROJECT / d).is_file()] == []
+
+
+def test_train_stage_declares_the_candidate_layout() -> None:
+    """dvc.yaml's train outputs are the files pipelines/core/layout.py puts each candidate in."""
+    from pipelines.core.layout import Layout
+
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    stage = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["train"]["do"]
+    context = {**params, "key": "CAND"}
+    declared = {
+        _interpolate(next(iter(o)) if isinstance(o, dict) else o, context)
+        for o in stage["outs"] + stage["metrics"]
+    }
+    layout = Layout.from_paths(params["paths"])
+    written = {
+        layout.model_dir("CAND"),
+        layout.cv_scores("CAND"),
+        layout.holdout_scores("CAND"),
+        layout.plot_image("CAND", "roc").parent,
+        *(
+            layout.plot_data(kind, "CAND")
+            for kind in ("roc", "precision_recall", "confusion", "residuals", "importance")
+        ),
+    }
+    assert {p.as_posix() for p in written} <= declared
+    assert layout.run_record("CAND").parent == layout.model_file("CAND").parent == layout.model_dir("CAND")

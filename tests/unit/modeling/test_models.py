@@ -1,10 +1,18 @@
-"""pipelines/features.py and pipelines/models.py: params.yaml names become scikit-learn pipelines."""
+"""pipelines/modeling/preprocessing.py and models.py: params.yaml names become scikit-learn pipelines."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.support import PROJECT, read_yaml
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.linear_model import LogisticRegression, Ridge
 
 from pipelines.core.errors import ParamsError
 from pipelines.modeling import models, preprocessing
@@ -66,6 +74,58 @@ def test_unknown_model_names_the_candidate_and_the_known_models() -> None:
 def test_candidate_that_is_not_a_mapping_is_a_params_error() -> None:
     with pytest.raises(ParamsError, match="is unknown"):
         models.build_estimator("odd", "random_forest", "classification", seed=1)  # type: ignore[arg-type]
+    with pytest.raises(ParamsError, match=r"train\.candidates\.odd must be a mapping"):
+        models.hyperparameters("odd", "random_forest", "classification")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("family", "task", "expected"),
+    [
+        ("linear", "classification", LogisticRegression),
+        ("linear", "regression", Ridge),
+        ("random_forest", "classification", RandomForestClassifier),
+        ("random_forest", "regression", RandomForestRegressor),
+        ("hist_gradient_boosting", "classification", HistGradientBoostingClassifier),
+        ("hist_gradient_boosting", "regression", HistGradientBoostingRegressor),
+        ("logistic_regression", "classification", LogisticRegression),  # task-specific names
+        ("ridge", "regression", Ridge),
+    ],
+)
+def test_the_family_picks_the_estimator_for_the_task(family: str, task: str, expected: type) -> None:
+    estimator = models.build_estimator("c", {"model": family}, task, seed=1)
+    assert type(estimator) is expected
+
+
+LINEAR = {
+    "model": "linear",
+    "params": {"fit_intercept": False, "tol": 1e-3},
+    "classification": {"C": 0.5, "max_iter": 300},
+    "regression": {"alpha": 2.0, "tol": 1e-5},
+}
+
+
+def test_the_task_block_is_merged_over_the_shared_params() -> None:
+    clf = models.build_estimator("linear", LINEAR, "classification", seed=1).get_params()
+    assert (clf["C"], clf["max_iter"], clf["fit_intercept"], clf["tol"]) == (0.5, 300, False, 1e-3)
+    reg = models.build_estimator("linear", LINEAR, "regression", seed=1).get_params()
+    assert (reg["alpha"], reg["fit_intercept"], reg["tol"]) == (2.0, False, 1e-5)  # the task block wins
+    assert reg["random_state"] == 1
+    assert models.hyperparameters("linear", LINEAR, "regression") == {
+        "fit_intercept": False,
+        "tol": 1e-5,
+        "alpha": 2.0,
+    }
+    assert models.hyperparameters("f", {"model": "random_forest"}, "regression") == {}
+
+
+def test_default_candidates_build_what_they_did_before_families() -> None:
+    """params.yaml's default `linear` on classification is the former `logreg` exactly."""
+    params = read_yaml(PROJECT / "params.yaml")
+    spec = params["train"]["candidates"]["linear"]
+    new = models.build_estimator("linear", spec, "classification", seed=params["seed"])
+    old = LogisticRegression(C=1.0, max_iter=2000, random_state=params["seed"])
+    assert new.get_params() == old.get_params()
+    assert type(models.build_estimator("linear", spec, "regression", seed=1)) is Ridge
 
 
 @pytest.mark.parametrize(
@@ -75,7 +135,7 @@ def test_candidate_that_is_not_a_mapping_is_a_params_error() -> None:
 def test_model_for_the_wrong_task(model: str, task: str, suits: str) -> None:
     with pytest.raises(ParamsError) as info:
         models.build_estimator("c", {"model": model}, task, seed=1)
-    assert f"'{model}' suits {suits}, not {task}" in str(info.value)
+    assert f"train.candidates.c.model '{model}' suits {suits}, not {task}" in str(info.value)
 
 
 def test_unknown_hyperparameter_is_a_readable_params_error() -> None:
@@ -84,20 +144,66 @@ def test_unknown_hyperparameter_is_a_readable_params_error() -> None:
         models.build_estimator("forest", spec, "classification", seed=1)
     message = str(info.value)
     assert message.startswith("train.candidates.forest.params:")
-    assert "n_trees" in message and "\n" not in message
+    assert "RandomForestClassifier" in message and "n_trees" in message and "\n" not in message
 
 
-def test_invalid_hyperparameter_value_fails_at_fit_as_a_params_error(train) -> None:
-    X, y = train
-    spec = {"model": "logistic_regression", "params": {"C": -1.0}}
-    model = models.build_pipeline(
-        "logreg", spec, features=X, feature_params=FEATURE_PARAMS, task="classification", seed=1
-    )
+@pytest.mark.parametrize(
+    ("spec", "task", "where", "words"),
+    [
+        # a shared key one task's estimator lacks: the error says which estimator
+        ({"model": "linear", "params": {"C": 1.0}}, "regression", "params", ["Ridge", "'C'"]),
+        (
+            {"model": "linear", "classification": {"alpha": 1.0}},
+            "classification",
+            "classification",
+            ["'alpha'"],
+        ),
+        ({"model": "linear", "classification": {"C": -1.0}}, "classification", "classification", ["'C'"]),
+        ({"model": "linear", "params": {"tol": -1.0}}, "regression", "params", ["'tol'"]),
+        ({"model": "linear", "regression": {"alpha": "big"}}, "regression", "regression", ["'alpha'"]),
+        ({"model": "linear", "regression": [1.0]}, "regression", "regression", ["mapping"]),
+    ],
+)
+def test_bad_hyperparameter_names_the_candidate_and_its_block(spec, task, where, words) -> None:
     with pytest.raises(ParamsError) as info:
-        models.fit(model, X, y, "logreg")
+        models.build_estimator("lin", spec, task, seed=1)
     message = str(info.value)
-    assert message.startswith("train.candidates.logreg.params:")
-    assert "'C'" in message and "\n" not in message
+    assert message.startswith(f"train.candidates.lin.{where}"), message
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_a_block_for_the_other_task_is_not_checked_against_this_one() -> None:
+    spec = {"model": "linear", "regression": {"alpha": -5.0}}  # wrong, but not used here
+    assert type(models.build_estimator("lin", spec, "classification", seed=1)) is LogisticRegression
+
+
+def test_unknown_key_of_a_candidate_is_a_params_error() -> None:
+    spec = {"model": "linear", "clasification": {"C": 2.0}}  # a typo would drop the block silently
+    with pytest.raises(ParamsError) as info:
+        models.build_estimator("lin", spec, "classification", seed=1)
+    message = str(info.value)
+    assert message.startswith("train.candidates.lin has unknown keys 'clasification'")
+    assert "classification" in message and "regression" in message
+
+
+def test_invalid_value_that_reaches_fit_is_a_params_error(train) -> None:
+    X, y = train
+    model = models.build_pipeline(
+        "linear",
+        {"model": "linear"},
+        features=X,
+        feature_params=FEATURE_PARAMS,
+        task="classification",
+        seed=1,
+    )
+    model.set_params(model__C=-1.0)  # past build_estimator's check: fit's own check is the backstop
+    with pytest.raises(ParamsError) as info:
+        models.fit(model, X, y, "linear")
+    message = str(info.value)
+    assert message.startswith("train.candidates.linear:") and "'C'" in message
+    assert "\n" not in message
 
 
 def test_seed_and_hyperparameters_reach_the_estimator() -> None:
@@ -122,7 +228,7 @@ def test_candidate_spec() -> None:
 @pytest.mark.parametrize(
     ("model", "params"),
     [
-        ("logistic_regression", {"max_iter": 500}),
+        ("linear", {"max_iter": 500}),
         ("random_forest", {"n_estimators": 10, "max_depth": 3}),
         ("hist_gradient_boosting", {"max_iter": 20}),
     ],
@@ -148,7 +254,7 @@ def test_classifier_pipeline_handles_gaps_and_unseen_categories(train, unseen, m
 @pytest.mark.parametrize(
     ("model", "params"),
     [
-        ("ridge", {"alpha": 1.0}),
+        ("linear", {"alpha": 1.0}),
         ("random_forest", {"n_estimators": 10}),
         ("hist_gradient_boosting", {"max_iter": 20}),
     ],

@@ -98,3 +98,74 @@ def test_pinned_requirements_name_installed_versions() -> None:
     pins = runs.pinned_requirements()
     assert pins == [f"{name}=={metadata.version(name)}" for name in runs.MODEL_REQUIREMENTS]
     assert any(pin.startswith("scikit-learn==") for pin in pins)
+
+
+def test_signature_frame_declares_integers_as_long_and_gaps_as_double() -> None:
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "count": np.array([1, 2], dtype="int32"),
+            "level": pd.array([1, None], dtype="Int64"),
+            "price": [1.5, np.nan],
+            "flag": [True, False],
+            "kind": ["a", "b"],
+        }
+    )
+    dtypes = runs.signature_frame(frame).dtypes.astype(str).to_dict()
+    assert dtypes == {"count": "int64", "level": "float64", "price": "float64", "flag": "bool", "kind": "str"}
+
+
+@pytest.fixture
+def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh SQLite store in tmp_path as MLflow's global store, put back afterwards."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    previous = mlflow.get_tracking_uri()
+    runs.use_experiment("signature-test", tmp_path / "store")
+    yield mlflow
+    mlflow.set_tracking_uri(previous)
+
+
+def test_logged_model_takes_integer_columns_as_read_from_csv(tmp_path: Path, tracking) -> None:
+    import numpy as np
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(0)
+    n = 60
+    frame = pd.DataFrame(
+        {
+            "tenure": rng.integers(0, 72, n),
+            "charges": rng.uniform(20, 100, n).round(2),
+            "plan": rng.choice(["a", "b"], n),
+        }
+    )
+    frame.loc[[3, 7], "charges"] = np.nan
+    y = np.where(frame["tenure"] > 30, "Yes", "No")
+    pre = ColumnTransformer(
+        [("num", "passthrough", ["tenure"]), ("cat", OneHotEncoder(), ["plan"])], remainder="drop"
+    )
+    model = Pipeline([("preprocess", pre), ("model", LogisticRegression())]).fit(frame, y)
+    with tracking.start_run():
+        uri = runs.log_model(model, frame.head(5))
+
+    csv = tmp_path / "rows.csv"
+    frame.assign(target=y).to_csv(csv, index=False)
+    read = pd.read_csv(csv).drop(columns="target")
+    assert str(read["tenure"].dtype) == "int64" and str(read["charges"].dtype) == "float64"
+
+    inputs = {c.name: c.type.name for c in tracking.models.get_model_info(uri).signature.inputs.inputs}
+    assert inputs == {"tenure": "long", "charges": "double", "plan": "string"}
+    loaded = tracking.pyfunc.load_model(uri)
+    assert list(loaded.predict(read)) == list(model.predict(read))
+    # What the contract forbids, MLflow refuses too: a gap in an integer column.
+    gap = read.astype({"tenure": "float64"})
+    gap.loc[0, "tenure"] = np.nan
+    with pytest.raises(tracking.exceptions.MlflowException, match="tenure"):
+        loaded.predict(gap)
