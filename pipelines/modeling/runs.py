@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,16 @@ def log_model(model: Any, input_example: Any, name: str = "model") -> str:
     from mlflow.models import infer_signature
 
     example = signature_frame(input_example)
+    with warnings.catch_warnings():
+        # MLflow's hint about missing values in integer columns: signature_frame's choice.
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+        signature = infer_signature(example, model.predict(example))
     info = mlflow.sklearn.log_model(
         model,
         name=name,
         serialization_format="skops",
         skops_trusted_types=SKOPS_TRUSTED_TYPES,
-        signature=infer_signature(example, model.predict(example)),
+        signature=signature,
         input_example=example,
         pip_requirements=pinned_requirements(),
     )

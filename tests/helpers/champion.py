@@ -86,7 +86,7 @@ def package_project(root, params, repo, limits=None, compile=None):
     settings = yaml.safe_load((repo / "params.yaml").read_text())["serving"]
     params["serving"] = {
         **settings,
-        "bentoml_home": str(root / "bentoml"),
+        "bentoml_home": None,  # BentoML's own default: ~/bentoml, with HOME set to `root` below
         "limits": {**settings["limits"], **(limits or {})},
         "compile": compile or settings["compile"],
     }
@@ -96,17 +96,32 @@ def package_project(root, params, repo, limits=None, compile=None):
     schema = contract.infer_contract(frame, "label", max_categories=50, null_tolerance=0.05)
     contract.save_contract(schema, params["paths"]["contract"])
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {k: v for k, v in os.environ.items() if k not in ("BENTOML_HOME", "MLFLOW_TRACKING_URI")}
     done = subprocess.run(
         [sys.executable, "-m", "pipelines", "package"],
         cwd=root,
         capture_output=True,
         text=True,
-        env={**env, "BENTOML_DO_NOT_TRACK": "true"},
+        env=default_store_env(root),
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("PACKAGED tabular-mlops:")
-    return json.loads(Path(params["paths"]["bento"]).read_text())
+    record = json.loads(Path(params["paths"]["bento"]).read_text())
+    assert Path(record["bentoml_home"]) == root / "bentoml"
+    return record
+
+
+def default_store_env(root):
+    """The environment of a user with no BENTOML_HOME whose home folder is `root`: BentoML's
+    default store is then root/bentoml. The package caches stay where they are (no downloads)."""
+    home = Path.home()
+    env = {k: v for k, v in os.environ.items() if k not in ("BENTOML_HOME", "MLFLOW_TRACKING_URI")}
+    return {
+        **env,
+        "HOME": str(root),
+        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(home / ".cache" / "uv")),
+        "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR", str(home / ".cache" / "pip")),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
 
 
 def train_candidate(params, hide, seed=0):

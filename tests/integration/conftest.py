@@ -15,17 +15,11 @@ import pytest
 from helpers.project_copy import Project, RegressionRun, lock_out_md5s, metrics_files
 from helpers.support import Background, copy_project, git_head, read_yaml, regression_frame, write_yaml
 
-REGRESSION_CANDIDATES = {
-    "ridge": {"model": "ridge", "params": {"alpha": 1.0}},
-    "forest": {"model": "random_forest", "params": {"n_estimators": 40, "max_depth": 8}},
-    "hgb": {"model": "hist_gradient_boosting", "params": {"max_iter": 80, "learning_rate": 0.1}},
-}
-
 
 @pytest.fixture(scope="session")
 def regression_run(tmp_path_factory: pytest.TempPathFactory):
-    """`dvc repro` on ~400 rows with a numeric target; only params.yaml changes (data.*, a new
-    paths.contract so that one gets inferred, and regression candidates)."""
+    """`dvc repro` on ~400 rows with a numeric target; only params.yaml changes: `data`, and a new
+    paths.contract so that one gets inferred. The default candidates pick regressors themselves."""
     base = tmp_path_factory.mktemp("regression")
     root = copy_project(base / "project")
     frame = regression_frame(400)
@@ -39,7 +33,6 @@ def regression_run(tmp_path_factory: pytest.TempPathFactory):
         "positive_class": None,
     }
     params["paths"]["contract"] = "data/contract_listings.yaml"  # absent, so it gets inferred
-    params["train"]["candidates"] = REGRESSION_CANDIDATES
     write_yaml(params, root / "params.yaml")
     committed = (root / "data" / "contract.yaml").read_bytes()
     job = Background(["dvc", "repro"], root, base / "logs")

@@ -1,15 +1,18 @@
-"""The same pipeline on a regression data set: only params.yaml changes, no code."""
+"""The same pipeline on a regression data set: only `data` in params.yaml changes, no code and no
+candidate (each model family picks its regressor)."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import joblib
 import pandas as pd
 import pytest
 import yaml
 from helpers.project_copy import REPRO_TIMEOUT, RegressionRun, mlflow_store
 from helpers.support import TRACEBACK, run
+from sklearn.base import is_regressor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -17,11 +20,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 def test_regression_data_set_through_params_only(regression_run: RegressionRun) -> None:
     root, frame, params = regression_run.root, regression_run.frame, regression_run.params
     candidates = params["train"]["candidates"]
-    assert {spec["model"] for spec in candidates.values()} == {
-        "ridge",
-        "random_forest",
-        "hist_gradient_boosting",
-    }
+    # Against the copy as committed: only `data` and the contract's path changed, not the candidates.
+    committed = yaml.safe_load(run(["git", "show", "HEAD:params.yaml"], root, check=True).stdout)
+    assert {k for k in committed | params if committed.get(k) != params.get(k)} <= {"data", "paths"}
+    assert {k for k, v in committed["paths"].items() if params["paths"][k] != v} == {"contract"}
 
     result = regression_run.job.wait(timeout=REPRO_TIMEOUT)
     assert TRACEBACK not in result.stdout + result.stderr
@@ -55,5 +57,8 @@ def test_regression_data_set_through_params_only(regression_run: RegressionRun) 
             info = json.loads((root / "models" / key / "run.json").read_text())
             tags = client.get_run(info["run_id"]).data.tags
             assert tags["task"] == "regression" and tags["candidate"] == key
+            assert tags["model"] == candidates[key]["model"]
             assert info["positive_class"] is None
+            estimator = joblib.load(root / "models" / key / "model.joblib").named_steps["model"]
+            assert is_regressor(estimator), (key, estimator)  # the family picked the regressor
     assert run(["dvc", "status", "--json"], root, timeout=300, check=True).stdout.strip() in ("{}", "")

@@ -6,7 +6,6 @@ container would run (no container engine runs here).
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers.champion import free_port, package_project, post, project, serve, stop, train_candidate  # noqa: F401 - fixture
+from helpers.champion import (  # noqa: F401 - fixture
+    default_store_env,
+    free_port,
+    package_project,
+    post,
+    project,
+    serve,
+    stop,
+    train_candidate,
+)
 from helpers.support import PROJECT as REPO
 
 from pipelines.release import promotion
@@ -57,14 +65,25 @@ def test_package_labels_the_model_with_its_lineage(packaged):
     assert {"git_commit", "data_md5", "params_hash"} <= set(labels)
 
 
+def test_bentoml_lists_what_make_package_built(packaged):
+    """A user's plain `bentoml list` / `bentoml models list` (BentoML's default store) show them."""
+    root, record, _, _ = packaged
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    env = default_store_env(root)
+    models = subprocess.run([bentoml, "models", "list"], cwd=root, env=env, capture_output=True, text=True)
+    bentos = subprocess.run([bentoml, "list"], cwd=root, env=env, capture_output=True, text=True)
+    assert record["model"] in models.stdout, models.stdout + models.stderr
+    assert record["bento"] in bentos.stdout, bentos.stdout + bentos.stderr
+
+
 @pytest.mark.timeout(300)
-def test_bentoml_serve_from_the_project_answers_like_the_champion(packaged):
-    root, record, records, expected = packaged
+def test_plain_bentoml_serve_in_the_project_answers_like_the_champion(packaged):
+    """`bentoml serve` typed in the project root, as the README says: no BENTOML_HOME, no target."""
+    root, _record, records, expected = packaged
     port = free_port()
-    env = {**os.environ, "BENTOML_HOME": record["bentoml_home"], "BENTOML_DO_NOT_TRACK": "true"}
     bentoml = str(Path(sys.executable).parent / "bentoml")
     proc = serve(
-        [bentoml, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)], root, env, port
+        [bentoml, "serve", "--host", "127.0.0.1", "--port", str(port)], root, default_store_env(root), port
     )
     try:
         status, answer = post(port, records)
