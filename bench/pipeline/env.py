@@ -97,16 +97,18 @@ def make_copy(dest: Path) -> Path:
     return dest
 
 
+def in_copy(cmd: list[str], project: Path) -> str:
+    """Run an unmeasured helper command in the copy, under bench_env; its stdout."""
+    return subprocess.run(
+        cmd, cwd=project, env=bench_env(project), capture_output=True, text=True, check=True
+    ).stdout
+
+
 def check_imports(project: Path) -> str:
     """Where `pipelines` is imported from under bench_env: it must be the copy."""
-    out = subprocess.run(
-        [str(VENV_BIN / "python"), "-c", "import pipelines; print(pipelines.__file__)"],
-        cwd=project,
-        env=bench_env(project),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    out = in_copy(
+        [str(VENV_BIN / "python"), "-c", "import pipelines; print(pipelines.__file__)"], project
+    ).strip()
     if not Path(out).resolve().is_relative_to(project.resolve()):
         raise SystemExit(f"bench: pipelines imports from {out}, not from the copy {project}")
     return out

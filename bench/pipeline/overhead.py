@@ -8,14 +8,13 @@ import json
 import re
 import shlex
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .analysis import median_of
-from .env import VENV_BIN, bench_env
+from .env import VENV_BIN, bench_env, dvc, in_copy
 from .notebooks import notebook_timings
 from .process import run
 
@@ -35,9 +34,12 @@ print(json.dumps({"import_s": t1 - t0, "render_s": t2 - t1}))
 
 
 def lock_commands(project: Path) -> dict[str, str]:
-    """Each stage's command as dvc.lock records it, white space folded."""
+    """Each stage's command as dvc.lock records it, white space folded, in dvc.yaml's order; only
+    the stages dvc.yaml defines now (dvc.lock keeps the entries of renamed or removed stages)."""
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    return {name: " ".join(stage["cmd"].split()) for name, stage in lock["stages"].items()}
+    listed = in_copy(dvc("stage", "list", "--name-only"), project).split()
+    stages = lock["stages"]
+    return {name: " ".join(stages[name]["cmd"].split()) for name in listed if name in stages}
 
 
 def auto_stages(commands: dict[str, str]) -> list[str]:
@@ -86,15 +88,8 @@ def notebook_as_script(notebook: Path, params: dict[str, Any]) -> str:
 
 def html_render(project: Path, output: Path) -> dict[str, float]:
     """nbrun's `--html` rendering of an executed notebook, timed alone in a fresh process."""
-    timer = subprocess.run(
-        [str(VENV_BIN / "python"), "-c", HTML_TIMER, str(output)],
-        cwd=project,
-        env=bench_env(project),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(timer.stdout.strip().splitlines()[-1])
+    timer = in_copy([str(VENV_BIN / "python"), "-c", HTML_TIMER, str(output)], project)
+    return json.loads(timer.strip().splitlines()[-1])
 
 
 def measure_stage(
@@ -156,7 +151,7 @@ def part_overhead(project: Path, logs: Path, stages: list[str], runs: int, scrip
     out: dict[str, Any] = {}
     for stage in stages:
         if stage not in commands:
-            print(f"  overhead: no stage {stage} in dvc.lock, skipped", flush=True)
+            print(f"  overhead: no stage {stage} in dvc.yaml and dvc.lock, skipped", flush=True)
             continue
         argv = shlex.split(commands[stage])
         notebook, output, params = nbrun_parameters(argv, project)

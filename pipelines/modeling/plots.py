@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless: stages run without a display
+# Headless: stages run without a display. In a notebook kernel this also turns off the inline
+# backend's display at the end of each cell, so a figure appears where show() puts it, once.
+matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+# The curves each candidate's evaluation writes (plots/<kind>/<candidate>.csv), and their axes.
+CURVES = {
+    "roc": ("fpr", "tpr"),
+    "precision_recall": ("recall", "precision"),
+    "residuals": ("predicted", "residual"),
+}
 
 
 def curve(frame: pd.DataFrame, x: str, y: str, title: str, *, diagonal: bool = False) -> Figure:
@@ -67,9 +78,9 @@ def figures(frames: dict[str, pd.DataFrame], scores: dict[str, float], name: str
     result = {"importance": importance(frames["importance"], f"{name}: permutation importance")}
     if len(frames["roc"]):
         auc = scores.get("roc_auc", float("nan"))
-        result["roc"] = curve(frames["roc"], "fpr", "tpr", f"{name}: ROC, AUC {auc:.3f}", diagonal=True)
+        result["roc"] = curve(frames["roc"], *CURVES["roc"], f"{name}: ROC, AUC {auc:.3f}", diagonal=True)
         result["precision_recall"] = curve(
-            frames["precision_recall"], "recall", "precision", f"{name}: precision-recall"
+            frames["precision_recall"], *CURVES["precision_recall"], f"{name}: precision-recall"
         )
         result["confusion"] = confusion(frames["confusion"], f"{name}: confusion (holdout)")
     if len(frames["residuals"]):
@@ -77,17 +88,43 @@ def figures(frames: dict[str, pd.DataFrame], scores: dict[str, float], name: str
     return result
 
 
-def overlay(frames: dict[str, pd.DataFrame], x: str, y: str, title: str, *, diagonal: bool = False) -> Figure:
-    """Several candidates' curves on one set of axes."""
+def overlay(
+    frames: dict[str, pd.DataFrame],
+    x: str,
+    y: str,
+    title: str,
+    *,
+    diagonal: bool = False,
+    points: bool = False,
+) -> Figure:
+    """Several candidates' curves (or, with points=True, point clouds) on one set of axes."""
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for name, frame in frames.items():
-        ax.plot(frame[x], frame[y], lw=2, label=name)
+        if points:
+            ax.scatter(frame[x], frame[y], s=6, alpha=0.4, label=name)
+        else:
+            ax.plot(frame[x], frame[y], lw=2, label=name)
     if diagonal:
         ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     ax.set(xlabel=x, ylabel=y, title=title)
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def overlays(curves: dict[str, dict[str, pd.DataFrame]]) -> dict[str, Figure]:
+    """One overlay per kind of CURVES that has data (kind -> candidate -> frame), keyed by kind."""
+    return {
+        kind: overlay(
+            frames,
+            *CURVES[kind],
+            f"{kind} (holdout)",
+            diagonal=kind == "roc",
+            points=kind == "residuals",
+        )
+        for kind, frames in curves.items()
+        if frames
+    }
 
 
 def spread(folds: pd.DataFrame, metric: str) -> Figure:
@@ -97,3 +134,17 @@ def spread(folds: pd.DataFrame, metric: str) -> Figure:
     ax.set(ylabel=metric, title=f"cross-validated {metric}, per fold")
     fig.tight_layout()
     return fig
+
+
+def show(figures: dict[str, Figure] | Iterable[Figure]) -> None:
+    """Put each figure in the notebook's output as a PNG, then close it so it is shown only once.
+
+    The PNG is embedded in the executed notebook, so the HTML report shows it offline.
+    """
+    from IPython.display import Image, display
+
+    for fig in figures.values() if isinstance(figures, dict) else figures:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        display(Image(buffer.getvalue()))
+        plt.close(fig)

@@ -137,19 +137,36 @@ def serving_spec(params: dict) -> str:
 
 
 def packaged_model(version: Any, spec: str) -> Any | None:
-    """The BentoML model already made from this registry version with this serving spec, if any."""
+    """The BentoML model already made from this registry version with this serving spec, as the
+    store's latest, or None.
+
+    The service and batch scoring load `<name>:latest`. When the champion was packaged before but
+    another model has been packaged since (a rollback brings an older champion back), its files
+    are copied into a new version, which becomes latest; the compile record comes along.
+    """
     import bentoml
 
-    for existing in bentoml.models.list():
-        labels = existing.info.labels
-        if (
-            existing.tag.name == bundle.MODEL_NAME
-            and labels.get("run_id") == version.run_id
-            and labels.get("registry_version") == str(version.version)
-            and labels.get("serving_spec") == spec
-        ):
-            return existing
-    return None
+    matches = [
+        model
+        for model in bentoml.models.list()  # all models: listing by name raises when there is none
+        if model.tag.name == bundle.MODEL_NAME
+        and model.info.labels.get("run_id") == version.run_id
+        and model.info.labels.get("registry_version") == str(version.version)
+        and model.info.labels.get("serving_spec") == spec
+    ]
+    if not matches:
+        return None
+    latest = bentoml.models.get(f"{bundle.MODEL_NAME}:latest")
+    if any(model.tag == latest.tag for model in matches):
+        return latest
+    source = matches[0]
+    with bentoml.models.create(
+        bundle.MODEL_NAME, labels=dict(source.info.labels), metadata=dict(source.info.metadata)
+    ) as model:
+        for name in (bundle.MODEL_FILE, bundle.COMPILED_FILE, bundle.META_FILE):
+            if (Path(source.path) / name).is_file():
+                shutil.copy(Path(source.path) / name, Path(model.path) / name)
+    return bentoml.models.get(model.tag)
 
 
 def store_model(meta: dict[str, Any], model_file: Path, onnx: bytes | None, labels: dict[str, str]) -> Any:

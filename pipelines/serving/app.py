@@ -6,8 +6,8 @@ BentoML's /docs.json, /livez, /readyz and /metrics cover it. Order of the guards
 `guards.BodyGuard` (media type, size), then FastAPI's parsing against `schema`, then the key.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the route's annotations at runtime,
+# and the request body's model is a local of create_app that a string annotation cannot reach.
 import logging
 import time
 from collections.abc import Callable

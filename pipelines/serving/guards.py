@@ -44,10 +44,15 @@ class BodyGuard:
             more = message.get("more_body", False)
             if size > self.max_bytes:
                 return await self.too_large(scope, receive, send, more=more)
-        body = b"".join(chunks)
+        body: bytes | None = b"".join(chunks)
 
         async def replay() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
+            """The buffered body once; after it, the server's own messages (a disconnect)."""
+            nonlocal body
+            if body is None:
+                return await receive()
+            message, body = {"type": "http.request", "body": body, "more_body": False}, None
+            return message
 
         return await self.app(scope, replay, send)
 

@@ -28,8 +28,9 @@ class FastJSONResponse(JSONResponse):
 
 
 def _field(loc: tuple) -> str:
-    """`records.0.<column>` from pydantic's location, without the `body` prefix."""
-    return ".".join(str(part) for part in loc if part != "body")
+    """`records.0.<column>` from pydantic's location, without FastAPI's leading `body`."""
+    parts = loc[1:] if loc[:1] == ("body",) else loc
+    return ".".join(str(part) for part in parts)
 
 
 def validation_response(exc: RequestValidationError) -> JSONResponse:

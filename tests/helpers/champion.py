@@ -78,8 +78,9 @@ def package_project(root, params, repo, limits=None, compile=None):
 
     from pipelines.data import contract
 
-    included = [p.lstrip("/") for p in yaml.safe_load((repo / "bentofile.yaml").read_text())["include"]]
-    for name in ("bentofile.yaml", *included):
+    patterns = [p.lstrip("/") for p in yaml.safe_load((repo / "bentofile.yaml").read_text())["include"]]
+    included = [path.relative_to(repo) for pattern in patterns for path in repo.glob(pattern)]
+    for name in (Path("bentofile.yaml"), *included):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(repo / name, root / name)
     # The project's own serving settings (compile, parity, workers, ...), with a store and limits here.

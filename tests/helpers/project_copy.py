@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +58,11 @@ class Project:
 
     def dvc(self, *args: str, timeout: float = REPRO_TIMEOUT, check: bool = False):
         return run(["dvc", *args], self.root, timeout=timeout, check=check)
+
+    def promote(self) -> subprocess.CompletedProcess[str]:
+        """`python -m pipelines promote` in the copy, against its own store (the tests' commands
+        inherit no MLFLOW_TRACKING_URI)."""
+        return run([sys.executable, "-m", "pipelines", "promote"], self.root, timeout=300)
 
     def tracked_files(self) -> dict[str, bytes]:
         """The bytes of every git-tracked file (params, source data, cache: false outputs)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +62,7 @@ def _check_runs(default_project: Project, client, raw_md5: str) -> None:
     hashes = set()
     holdout = pd.read_parquet(root / "data" / "processed" / "holdout.parquet")
     features = holdout.drop(columns=["churn", "customer_id"]).head(20)
-    # The signature declares integer columns as doubles (a gap arrives as NaN); send them so.
-    features = features.astype({c: "float64" for c in features.select_dtypes("integer")})
+    # As read: the signature declares the integer columns as integers (long).
     for key in default_project.candidates:
         info = json.loads((root / "models" / key / "run.json").read_text())
         run_ = client.get_run(info["run_id"])
@@ -146,11 +144,11 @@ def test_push_and_pull_restore_identical_data(default_project: Project, tmp_path
 
 
 def test_temp_experiment_logs_into_the_project_store(default_project: Project) -> None:
+    import mlflow
+
     root = default_project.root
     # A champion exists before the experiment; the experiment must leave it alone.
-    promoted = run(
-        [sys.executable, "-m", "pipelines.release.promotion"], root, timeout=300
-    )  # no inherited MLFLOW_TRACKING_URI
+    promoted = default_project.promote()
     assert promoted.returncode == 0 and promoted.stdout.startswith(("PROMOTED", "KEPT", "REFUSED")), (
         promoted.stderr
     )
@@ -161,9 +159,9 @@ def test_temp_experiment_logs_into_the_project_store(default_project: Project) -
         champion_before = client.get_model_version_by_alias(registered, "champion").version
         versions_before = len(client.search_model_versions(f"name='{registered}'"))
     key = default_project.candidates[0]
-    assert default_project.params["train"]["candidates"][key]["model"] == "logistic_regression"
+    assert default_project.params["train"]["candidates"][key]["model"] == "linear"
 
-    result = default_project.dvc("exp", "run", "--temp", "-S", f"train.candidates.{key}.params.C=0.5")
+    result = default_project.dvc("exp", "run", "--temp", "-S", f"train.candidates.{key}.classification.C=0.5")
     assert result.returncode == 0, result.stderr[-3000:]
     name = re.search(r"Ran experiment\(s\): (\S+)", result.stdout).group(1)
 
@@ -173,7 +171,13 @@ def test_temp_experiment_logs_into_the_project_store(default_project: Project) -
         assert len(client.search_model_versions(f"name='{registered}'")) == versions_before
     assert len(runs) == 1, "the experiment's run is not in the project's store"
     new = runs[0]
-    assert new.data.tags["candidate"] == key and new.data.params["C"] == "0.5"
+    assert new.data.tags["candidate"] == key
+    # The model the experiment logged has the new value (from the candidate's classification block).
+    with mlflow_store(root) as client:
+        (logged,) = client.search_logged_models(
+            [experiment.experiment_id], filter_string=f"source_run_id = '{new.info.run_id}'"
+        )
+        assert mlflow.sklearn.load_model(logged.model_uri).named_steps["model"].C == 0.5
     assert Path(new.info.artifact_uri.removeprefix("file://")).is_relative_to(root / "mlruns")
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
     # The workspace is untouched by a --temp experiment.
@@ -187,7 +191,11 @@ def test_temp_experiment_logs_into_the_project_store(default_project: Project) -
             if node.get("name") and isinstance(node.get("data"), dict):
                 params = node["data"].get("params", {}).get("params.yaml", {}).get("data", {})
                 found[node["name"]] = (
-                    params.get("train", {}).get("candidates", {}).get(key, {}).get("params", {}).get("C")
+                    params.get("train", {})
+                    .get("candidates", {})
+                    .get(key, {})
+                    .get("classification", {})
+                    .get("C")
                 )
             for value in node.values():
                 walk(value)
@@ -283,15 +291,15 @@ BAD_INPUTS = [
     ),
     BadInput(
         "unknown model",
-        "train-logreg",
-        ["train.candidates.logreg.model", "'xgboost'", "unknown"],
-        params=_set("train.candidates.logreg.model", "xgboost"),
+        "train-linear",
+        ["train.candidates.linear.model", "'xgboost'", "unknown"],
+        params=_set("train.candidates.linear.model", "xgboost"),
     ),
     BadInput(
         "bad hyperparameter",
-        "train-logreg",
-        ["train.candidates.logreg.params", "'C'"],
-        params=_set("train.candidates.logreg.params.C", -1.0),
+        "train-linear",
+        ["train.candidates.linear.classification", "'C'"],
+        params=_set("train.candidates.linear.classification.C", -1.0),
     ),
 ]
 
@@ -299,7 +307,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.name for c in BAD_INPUTS])
 def test_bad_input_fails_with_one_readable_line(default_project: Project, case: BadInput) -> None:
     root = default_project.root
-    assert default_project.candidates[0] == "logreg"
+    assert default_project.candidates[0] == "linear"
     tracked = default_project.tracked_files()
     lock_before = (root / "dvc.lock").read_bytes()
     source = root / default_project.params["data"]["source"]

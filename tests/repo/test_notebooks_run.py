@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -62,25 +63,51 @@ def test_every_notebook_is_a_stage() -> None:
     assert present == used
 
 
-@pytest.mark.timeout(600)
-def test_every_notebook_runs_on_tiny_data(tmp_path: Path) -> None:
-    root = tmp_path / "tiny"
+STAGE_TIMEOUT = 400  # seconds for one notebook on the tiny data
+
+
+def nbrun(args: list[str], root: Path) -> subprocess.CompletedProcess[str]:
+    return run(["python", "-m", "pipelines.core.nbrun", *args], root, timeout=STAGE_TIMEOUT)
+
+
+def check_stage(stage: str, args: list[str], root: Path, result: subprocess.CompletedProcess[str]) -> None:
+    """The stage exited 0 without a traceback, no cell failed, and its HTML report exists."""
+    assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    assert TRACEBACK not in result.stdout + result.stderr
+    executed = json.loads((root / args[1]).read_text())
+    errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert errors == [], stage
+    if "--html" in args:
+        assert (root / args[1]).with_suffix(".html").stat().st_size > 1000
+
+
+def tiny_project(factory: pytest.TempPathFactory) -> Path:
+    """A tiny project with every stage notebook run once, in dvc.yaml's order: built once per
+    session and shared with tests/repo/test_reports.py. Tests that change it work on a copy."""
+    root = factory.getbasetemp() / "tiny-project"
+    done = root / ".stages-ran"
+    if done.is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(PROJECT / "notebooks", root / "notebooks")
     (root / "data" / "source").mkdir(parents=True)
-    frame = classification_frame(200)
-    frame.to_csv(root / "data" / "source" / "tiny.csv", index=False)
+    classification_frame(200).to_csv(root / "data" / "source" / "tiny.csv", index=False)
     write_yaml(tiny_params(root), root / "params.yaml")
-
     for stage, args in stage_commands():
-        result = run(["python", "-m", "pipelines.core.nbrun", *args], root, timeout=400)
-        assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
-        assert TRACEBACK not in result.stdout + result.stderr
-        executed = json.loads((root / args[1]).read_text())
-        errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
-        assert errors == [], stage
-        if "--html" in args:
-            assert (root / args[1]).with_suffix(".html").stat().st_size > 1000
+        check_stage(stage, args, root, nbrun(args, root))
+    done.touch()
+    return root
 
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_project(tmp_path_factory)
+
+
+@pytest.mark.timeout(600)
+def test_every_notebook_runs_on_tiny_data(tiny: Path) -> None:
+    root = tiny
+    frame = classification_frame(200)
     raw = pd.read_parquet(root / "data" / "raw" / "snapshot.parquet")
     assert raw.shape == frame.shape
     report = json.loads((root / "reports" / "validation.json").read_text())
@@ -100,3 +127,26 @@ def test_every_notebook_runs_on_tiny_data(tmp_path: Path) -> None:
         assert (root / "models" / key / "model.joblib").is_file()
         assert (root / "plots" / "roc" / f"{key}.csv").stat().st_size > 0
     assert (root / "mlruns" / "mlflow.db").is_file()  # the store lives in the project
+
+
+@pytest.mark.timeout(600)
+def test_compare_runs_in_a_clone_whose_mlflow_store_lacks_the_runs(tiny: Path, tmp_path: Path) -> None:
+    """A colleague's clone after `dvc pull`: DVC's outputs are there, the MLflow store is not."""
+    clone = tmp_path / "clone"
+    shutil.copytree(tiny, clone, ignore=shutil.ignore_patterns("mlruns"))
+    for old in (clone / "reports").glob("compare.*"):
+        old.unlink()
+    args = next(a for stage, a in stage_commands() if stage == "compare")
+
+    check_stage("compare", args, clone, nbrun(args, clone))
+
+    executed = json.loads((clone / args[1]).read_text())
+    shown = json.dumps([o for c in executed["cells"] for o in c.get("outputs", [])])
+    store = f"sqlite:///{(clone / 'mlruns' / 'mlflow.db').resolve()}"
+    for key in CANDIDATES:
+        run_id = json.loads((clone / "models" / key / "run.json").read_text())["run_id"]
+        note = f"run {run_id} is not in this MLflow store ({store}): it was logged in another store"
+        assert note in shown, key
+    assert "use a shared tracking server" in (clone / args[1]).with_suffix(".html").read_text()
+    registered = read_yaml(clone / "params.yaml")["promote"]["registered_model"]
+    assert f"no champion of '{registered}' in this MLflow store ({store})" in shown

@@ -1,15 +1,19 @@
-"""pipelines/explore.py and pipelines/plots.py: report tables and offline figures."""
+"""pipelines/data/profiling.py, pipelines/modeling/plots.py and compare.py: report tables and figures."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.core import files
+from pipelines.core.layout import Layout
 from pipelines.data import profiling
-from pipelines.modeling import plots
+from pipelines.modeling import compare, plots
 
 
 @pytest.fixture
@@ -75,3 +79,85 @@ def test_figures_per_task(tmp_path: Path) -> None:
     target = tmp_path / "images" / "logreg" / "roc.png"
     plots.save(figures["roc"], target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overlays_only_for_kinds_with_data() -> None:
+    roc = pd.DataFrame({"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1]})
+    residuals = pd.DataFrame({"predicted": [1.0, 2.0, 3.0], "residual": [0.1, -0.2, 0.0]})
+    figures = plots.overlays(
+        {"roc": {"a": roc, "b": roc}, "precision_recall": {}, "residuals": {"a": residuals}}
+    )
+    assert set(figures) == {"roc", "residuals"}
+    assert len(figures["roc"].axes[0].lines) == 3  # two candidates and the diagonal
+    assert len(figures["residuals"].axes[0].collections) == 1  # points, not a line through them
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def test_show_puts_each_figure_in_the_output_as_png_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    figures = {"a": plt.figure(), "b": plt.figure()}
+
+    plots.show(figures)
+
+    assert [img.data[:8] for img in shown] == [b"\x89PNG\r\n\x1a\n"] * 2
+    assert not any(plt.fignum_exists(f.number) for f in figures.values())  # closed: shown once
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    layout = Layout(tmp_path / "models", tmp_path / "metrics", tmp_path / "plots")
+    for name, auc in (("a", 0.8), ("b", 0.7)):
+        files.write_json({"roc_auc": auc}, layout.holdout_scores(name))
+        files.write_json({"roc_auc": {"mean": auc, "folds": [auc, auc]}}, layout.cv_scores(name))
+        files.write_text("fpr,tpr\n0,0\n1,1\n", layout.plot_data("roc", name))
+        files.write_text("predicted,residual\n", layout.plot_data("residuals", name))
+    return layout
+
+
+def test_compare_tables_read_the_layout(layout: Layout) -> None:
+    assert compare.holdout_table(layout, ["a", "b"])["roc_auc"].to_dict() == {"a": 0.8, "b": 0.7}
+    assert compare.cv_folds(layout, ["a", "b"], "roc_auc").shape == (2, 2)
+    assert set(compare.curves(layout, ["a", "b"], "roc")) == {"a", "b"}
+    assert compare.curves(layout, ["a", "b"], "residuals") == {}  # not this task's plot
+
+
+class FakeClient:
+    """An MLflow client over one store that holds only the runs it is given."""
+
+    tracking_uri = "sqlite:////here/mlruns/mlflow.db"
+
+    def __init__(self, runs: dict[str, dict[str, str]]) -> None:
+        self.runs = runs
+
+    def get_run(self, run_id: str) -> SimpleNamespace:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+        if run_id not in self.runs:
+            raise MlflowException(f"Run with id={run_id} not found", error_code=RESOURCE_DOES_NOT_EXIST)
+        return SimpleNamespace(data=SimpleNamespace(tags=self.runs[run_id]))
+
+
+def test_lineage_names_the_runs_this_store_lacks() -> None:
+    client = FakeClient({"r1": {"lineage.git_commit": "abc", "mlflow.user": "me"}})
+
+    table = compare.lineage_table(client, {"a": "r1", "b": "r2"})
+
+    assert table.loc["a", "lineage.git_commit"] == "abc" and "mlflow.user" not in table
+    assert table["in_this_store"].tolist() == [True, False]
+    assert compare.missing_run_notes(table, client.tracking_uri) == [
+        "run r2 is not in this MLflow store (sqlite:////here/mlruns/mlflow.db): it was logged in "
+        "another store; use a shared tracking server, see docs/operations.md#mlflow"
+    ]
+
+
+def test_versus_champion() -> None:
+    table = pd.DataFrame({"roc_auc": [0.8]}, index=["a"])
+    assert compare.versus_champion(None, "a", table).index.tolist() == ["challenger a"]
+    champion = (SimpleNamespace(version="3"), {"roc_auc": 0.75})
+    versus = compare.versus_champion(champion, "a", table)
+    assert versus["roc_auc"].to_dict() == {"champion v3": 0.75, "challenger a": 0.8}

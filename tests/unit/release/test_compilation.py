@@ -7,7 +7,6 @@ skl2onnx conversions, checked in a real onnxruntime session.
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from pipelines.core import config
 from pipelines.data import splitting
-from pipelines.modeling import metrics, models, runs
+from pipelines.modeling import metrics, models
 from pipelines.release import compilation
 from pipelines.serving import answers, bundle, runtimes
 
@@ -212,43 +211,3 @@ def test_the_runtime_is_named_by_the_one_that_answers():
     assert loaded.runtime == "onnx"
     assert replace(loaded, compiled=None).runtime == "sklearn-frame"
     assert replace(loaded, compiled=None, arrays=runtimes.array_runtime(model)).runtime == "sklearn-arrays"
-
-
-def packaged_meta(record):
-    name, version = record["model"].split(":")
-    return json.loads(
-        (Path(record["bentoml_home"]) / "models" / name / version / bundle.META_FILE).read_text()
-    )
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("choice", ["onnx", "none"])
-def test_packaging_records_the_runtime_with_the_bento_and_in_mlflow(project, choice):
-    """`make package` compiles (or not), and says what serves and why, in the bento and MLflow."""
-    import mlflow
-
-    from pipelines.release import promotion
-
-    root, params = project
-    train_candidate(params, hide=[])
-    assert promotion.run_promotion(root, params)["promoted"]
-    record = package_project(root, params, REPO, compile=choice)
-    meta = packaged_meta(record)
-    model_dir = Path(record["bentoml_home"]) / "models" / Path(*record["model"].split(":"))
-    client = mlflow.MlflowClient(runs.tracking_uri(Path(params["tracking"]["store"])))
-    version = client.get_model_version(params["promote"]["registered_model"], record["registry_version"])
-    logged = client.list_artifacts(version.run_id, "compiled")
-    if choice == "onnx":
-        assert record["runtime"] == meta["compiled"]["runtime"] == "onnx"
-        assert meta["compiled"]["parity"]["passed"] and meta["compiled"]["reason"] is None
-        assert (model_dir / bundle.COMPILED_FILE).is_file()
-        assert {Path(a.path).name for a in logged} == {"record.json", bundle.COMPILED_FILE}
-        assert bundle.load(model_dir).runtime == "onnx"
-    else:
-        assert record["runtime"] == meta["compiled"]["runtime"] == "sklearn"
-        assert "serving.compile is 'none'" in meta["compiled"]["reason"]
-        assert not (model_dir / bundle.COMPILED_FILE).exists()
-        assert {Path(a.path).name for a in logged} == {"record.json"}
-        assert bundle.load(model_dir).runtime.startswith("sklearn")
-    assert version.tags["serving.runtime"] == meta["compiled"]["runtime"]
-    assert version.tags["serving.runtime_reason"] == (meta["compiled"]["reason"] or "")
