@@ -156,7 +156,7 @@ def test_import_parser_follows_aliases_functions_and_relative_imports() -> None:
 def test_every_stage_runs_a_committed_notebook_through_the_runner() -> None:
     assert set(STAGES) >= {"ingest", "explore", "split", "train"}
     for name, stage in STAGES.items():
-        assert "python -m pipelines.core.nbrun" in stage["cmd"], name
+        assert "-m pipelines.core.nbrun" in stage["cmd"], name
         assert (PROJECT / stage_notebook(stage)).is_file(), name
         assert stage_notebook(stage) in dep_paths(stage), f"{name}: its notebook is not a dep"
 
