@@ -62,5 +62,5 @@ def test_batch_predict_bad_input_is_one_line(tmp_path):
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        f"ERROR batch-predict: '{tmp_path / 'nope.csv'}' does not exist"
+        f"ERROR batch: '{tmp_path / 'nope.csv'}' does not exist"
     ]
