@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers.champion import make_frame, package_project, project, train_candidate  # noqa: F401 - fixture
+from helpers.champion import default_store_env, make_frame, package_project, project, train_candidate  # noqa: F401 - fixture
 from helpers.support import PROJECT as REPO
 
 from pipelines.release import promotion
@@ -31,6 +31,7 @@ def test_batch_predict_scores_good_rows_and_rejects_bad_ones(project, tmp_path):
         cwd=root,
         capture_output=True,
         text=True,
+        env=default_store_env(root),  # the user whose BentoML store `package_project` filled
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("SCORED 297 rows") and "3 refused" in done.stdout
@@ -61,6 +62,4 @@ def test_batch_predict_bad_input_is_one_line(tmp_path):
         text=True,
     )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [
-        f"ERROR batch: '{tmp_path / 'nope.csv'}' does not exist"
-    ]
+    assert done.stderr.strip().splitlines() == [f"ERROR batch: '{tmp_path / 'nope.csv'}' does not exist"]
