@@ -1,51 +1,77 @@
 """The BentoML service: the champion model behind POST /predict.
 
-All HTTP behaviour lives in pipelines/serving/ (routes in app.py; schema, runtimes, guards, batcher
-and prediction log beside it) and all model logic in the model's own scikit-learn Pipeline; this
-file only wires them to BentoML.
+All HTTP behaviour lives in pipelines/serving/ (routes in app.py; the outermost layer in
+middleware.py; schema, runtimes, guards, batcher and prediction log beside them) and all model
+logic in the model's own scikit-learn Pipeline; this file only wires them to BentoML.
 """
 
 from __future__ import annotations
 
 import gc
-import logging
 import os
+from typing import Any
 
 import bentoml
 from threadpoolctl import threadpool_limits
 
-from pipelines.serving import app, auth, bundle, prediction_log, worker
+from pipelines.serving import app, auth, bundle, middleware, prediction_log, worker
 
-log = logging.getLogger("tabular_mlops.service")
 CHAMPION = bentoml.models.BentoModel(f"{bundle.MODEL_NAME}:latest")
 _worker: list[worker.Worker] = []  # set once per worker process, when the model is loaded
+_keys: list[auth.ApiKeys] = []  # set once per worker process, when its ASGI app is built
 META = bundle.read_meta(CHAMPION.resolve().path)
 asgi = app.create_app(META, lambda: _worker[0])
+
+
+def count(outcome: str) -> None:
+    """Count an answer given outside the FastAPI app (refused in front, or by BentoML)."""
+    if _worker:  # requests are served only once the model is loaded, but fail safe
+        _worker[0].count(outcome)
+
+
+class FrontedService(bentoml.Service):
+    """BentoML's service, with `middleware.Front` around its whole ASGI app (see there why:
+    `add_asgi_middleware` would sit inside BentoML's metrics, timeout and concurrency layers)."""
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        inner = super().to_asgi(is_main)
+        _keys.append(auth.ApiKeys.from_env())
+        return middleware.Front(inner, _keys[0], middleware.known_routes(inner), count)
 
 
 @bentoml.service(
     name="tabular-mlops",
     traffic={"timeout": 30, "max_concurrency": 512},
+    # Used by `bentoml serve --ssl-certfile/--ssl-keyfile`; `--ssl-ciphers` still overrides it.
+    ssl={"ciphers": META["service"]["tls_ciphers"]},
+    service_class=FrontedService,
     **bundle.service_options(META),
 )
 @bentoml.asgi_app(asgi)
 class Predictor:
     champion = CHAMPION
 
+    @bentoml.on_deployment
+    def check_keys() -> None:
+        """Once, in `bentoml serve`'s own process before any worker starts: key settings that
+        give no usable key refuse to start, with one line (a worker would only be respawned)."""
+        try:
+            auth.ApiKeys.from_env()
+        except auth.KeyConfigError as exc:
+            raise SystemExit(f"ERROR serve: {exc}") from None
+
     def __init__(self) -> None:
         threadpool_limits(1)  # one thread per model call: OpenMP spinning costs more than it gains here
-        keys = auth.ApiKeys.from_env()
-        if not keys.enabled:
-            log.warning("!" * 72)
-            log.warning("NO API KEY CONFIGURED: /predict is open to anyone. Set API_KEY or API_KEY_FILE.")
-            log.warning("!" * 72)
         # The prediction log: $PREDICTION_LOG_DIR/predictions/predictions.<worker>.jsonl
         log_dir = os.environ.get("PREDICTION_LOG_DIR", "monitoring")
         index = bentoml.server_context.worker_index or 0
-        _worker.append(
-            worker.Worker(bundle.load(self.champion.path), keys, prediction_log.PredictionLog(log_dir, index))
-        )
+        log = prediction_log.PredictionLog(log_dir, index, META["service"].get("prediction_log"))
+        _worker.append(worker.Worker(bundle.load(self.champion.path), _keys[0], log))
         # Everything loaded so far lives as long as the worker: keep it out of the garbage
         # collector's full passes, which otherwise stall requests for tens of milliseconds.
         gc.collect()
         gc.freeze()
+
+    async def __is_ready__(self) -> bool:
+        """BentoML's /readyz: unready while the prediction log cannot be written."""
+        return bool(_worker) and _worker[0].monitor.healthy

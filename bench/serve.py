@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 LEVELS = (1, 8, 32)
+BENCH_KEY = "bench-key-0123456789"  # the service needs a key; the other servers ignore the header
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
 
 
 def free_port() -> int:
@@ -79,9 +81,7 @@ async def load(url: str, bodies: list[bytes], concurrency: int, total: int, max_
                 i += concurrency
                 start = time.perf_counter()
                 try:
-                    async with session.post(
-                        url, data=body, headers={"Content-Type": "application/json"}
-                    ) as r:
+                    async with session.post(url, data=body, headers=HEADERS) as r:
                         await r.read()
                         statuses[r.status] = statuses.get(r.status, 0) + 1
                         if r.status != 200:
@@ -385,6 +385,7 @@ def servers(model_dir: Path, params: dict, workdir: Path) -> dict[str, dict]:
             "env": {
                 **env,
                 "PREDICTION_LOG_DIR": str(workdir / "predlog"),
+                "API_KEY": BENCH_KEY,
             },
             "ready": f"http://127.0.0.1:{ports['service']}/readyz",
             "url": f"http://127.0.0.1:{ports['service']}/predict",

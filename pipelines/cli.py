@@ -47,7 +47,7 @@ def batch(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
 
     rejects = args.rejects or scoring.rejects_path(args.source, args.target)
     scored, refused = scoring.score_file(root, params, args.source, args.target, rejects, args.chunk_rows)
-    return f"SCORED {scored} rows -> {args.target}; {refused} refused" + (f" -> {rejects}" if refused else "")
+    return f"SCORED {scored} rows -> {args.target}; {refused} refused -> {rejects}"
 
 
 def tracking_uri(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
@@ -79,9 +79,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     )
     add(package.__name__, package, "import the champion into BentoML, compile it, build the bento")
     scoring = add(batch.__name__, batch, "score a CSV or Parquet file with the packaged champion")
-    scoring.add_argument("source", help="input table (.csv, .tsv, .parquet)")
-    scoring.add_argument("target", help="output table (.csv or .parquet)")
-    scoring.add_argument("--rejects", help="refused rows (default: <target stem>.rejects.<suffix>)")
+    scoring.add_argument("source", help="input table (.csv, .tsv, .parquet; text may end .gz, .bz2, .xz)")
+    scoring.add_argument("target", help="output table, any of the input's formats")
+    scoring.add_argument("--rejects", help="refused rows (default: beside OUT, x.csv.gz -> x.rejects.csv.gz)")
     scoring.add_argument("--chunk-rows", type=int, default=50_000, help="rows read and scored at a time")
     add("tracking-uri", tracking_uri, "print the MLflow tracking URI the project uses (for `make ui`)")
     return parser, commands

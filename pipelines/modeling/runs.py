@@ -11,18 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.stores import store_dir, tracking_uri
+from pipelines.serving.trust import TRUSTED_TYPES
 
 LINEAGE_PREFIX = "lineage."
 # Packages a logged model needs to load; pinned explicitly because inferring them costs ~5 s.
 MODEL_REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "skops")
 # Models are saved with skops, not pickle: loading one from the registry cannot run arbitrary
-# code. skops needs the few non-default types our candidates hold named explicitly; MLflow
-# reloads the model right after saving, so a missing name fails at logging time, not in serving.
-SKOPS_TRUSTED_TYPES = [
-    "numpy.dtype",
-    "sklearn.tree._tree.Tree",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-]
+# code. skops needs the few non-default types our candidates hold named explicitly: the list is
+# the code's own, `trust.TRUSTED_TYPES`, which every load enforces (never an artifact's copy).
 
 
 def use_experiment(name: str, store: Path) -> str:
@@ -145,7 +141,7 @@ def log_model(model: Any, input_example: Any, name: str = "model") -> str:
         model,
         name=name,
         serialization_format="skops",
-        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        skops_trusted_types=list(TRUSTED_TYPES),
         signature=signature,
         input_example=example,
         pip_requirements=pinned_requirements(),

@@ -3,30 +3,32 @@
     python -m pipelines package
 
 Steps, each its own function below: find the champion's version (`registry`), reuse its BentoML
-model if the same version was packaged with the same serving spec (`packaged_model`), else
-download it and write its meta (`model_meta`), compile and verify it (`compile_champion`), store
-it (`store_model`, `record_compilation`); then build the bento (`package`).
+model if the same version was packaged with the same serving spec and digest (`packaged_model`),
+else download it and verify its bytes against the digest the gate recorded (`artifacts`), write
+its meta (`model_meta`), compile and verify it (`compile_champion`), store those same bytes with
+their digests (`store_model`, `record_compilation`); check the stored files as the service will
+(`verify_stored`); then build the bento (`package`).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from pipelines.core import files, stores
 from pipelines.core.errors import ParamsError, PipelineError
 from pipelines.modeling import runs
-from pipelines.release import registry
-from pipelines.serving import bundle
+from pipelines.release import artifacts, registry
+from pipelines.serving import bundle, registry_view
 
-SERVICE_KEYS = ("workers", "trace_requests", "access_log")  # BentoML settings, packaged with the model
+# BentoML settings, packaged with the model
+SERVICE_KEYS = ("workers", "trace_requests", "access_log", "tls_ciphers", "prediction_log")
 PARITY_KEYS = ("min_label_agreement", "max_metric_delta", "max_relative_error")
-LIMIT_KEYS = ("max_records", "max_body_bytes", "max_string_length", "max_queue_rows")
+LIMIT_KEYS = ("max_records", "max_body_bytes", "max_string_length", "max_queue_rows", "body_timeout_seconds")
 
 
 def serving_limits(params: dict) -> dict[str, int]:
@@ -49,8 +51,10 @@ def request_fields(params: dict) -> tuple[dict[str, dict], dict[str, dict]]:
     return contract.field_specs(schema, features), contract.field_specs(schema, ignore)
 
 
-def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any, params: dict) -> dict[str, Any]:
+def model_meta(version: Any, run: Any, positive: Any, params: dict) -> dict[str, Any]:
     """What the service needs beside the model file, and what a person auditing it wants."""
+    import mlflow
+
     tags = run.data.tags
     fields, optional = request_fields(params)
     return {
@@ -67,11 +71,12 @@ def model_meta(version: Any, run: Any, mlmodel: dict, positive: Any, params: dic
         "positive_class": positive,
         "lineage": runs.lineage_of(tags),
         "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith(("holdout_", "cv_"))},
-        "trusted_types": mlmodel["flavors"]["sklearn"].get("skops_trusted_types") or [],
+        # Where /metadata looks up the champion (no credentials): MLFLOW_TRACKING_URI overrides it.
+        "tracking_uri": registry_view.shareable_uri(mlflow.get_tracking_uri()),
     }
 
 
-def compile_champion(model_file: Path, meta: dict[str, Any], params: dict) -> tuple[bytes | None, dict]:
+def compile_champion(model: Any, meta: dict[str, Any], params: dict) -> tuple[bytes | None, dict]:
     """The champion compiled and checked on the holdout, or None and the reason it was not."""
     from pipelines.modeling import metrics
     from pipelines.release import compilation
@@ -87,9 +92,6 @@ def compile_champion(model_file: Path, meta: dict[str, Any], params: dict) -> tu
             "runtime": "sklearn",
             "reason": f"no holdout at {holdout_path} to verify a compiled model on",
         }
-    import skops.io
-
-    model = skops.io.load(model_file, trusted=meta["trusted_types"])
     holdout = pd.read_parquet(holdout_path)
     task, target = meta["task"], meta["target"]
     positive = None
@@ -153,6 +155,8 @@ def packaged_model(version: Any, spec: str) -> Any | None:
         and model.info.labels.get("run_id") == version.run_id
         and model.info.labels.get("registry_version") == str(version.version)
         and model.info.labels.get("serving_spec") == spec
+        # A model packaged before digests existed is not reused: `make package` re-creates it.
+        and model.info.labels.get(bundle.SKOPS_LABEL) == artifacts.recorded_digest(version)
     ]
     if not matches:
         return None
@@ -169,45 +173,71 @@ def packaged_model(version: Any, spec: str) -> Any | None:
     return bentoml.models.get(model.tag)
 
 
-def store_model(meta: dict[str, Any], model_file: Path, onnx: bytes | None, labels: dict[str, str]) -> Any:
-    """A new model in the BentoML store: the skops file, the verified graph, and meta.json."""
+def verify_stored(model: Any) -> None:
+    """Every file of a stored model against its digests, as the service will check them: a
+    tampered store fails `make package` here, not only when the service starts."""
+    from pipelines.serving import trust
+
+    path = Path(model.path)
+    try:
+        meta = bundle.read_meta(path)
+        for name, digest in meta["digests"].items():
+            trust.read_verified(path / name, digest, bundle.describe(path))
+    except trust.Untrusted as exc:
+        raise PipelineError(
+            f"{exc}; delete it (`bentoml models delete {model.tag}`) and run `make package` again"
+        ) from None
+
+
+def store_model(meta: dict[str, Any], model_bytes: bytes, onnx: bytes | None, labels: dict[str, str]) -> Any:
+    """A new model in the BentoML store: the skops bytes the registry's digest verified, the
+    verified graph, and meta.json with every file's digest. The labels anchor meta.json and the
+    skops file, so tampering with a file and meta.json takes a third edit (BentoML's model.yaml)."""
     import bentoml
 
+    from pipelines.serving import trust
+
+    payload = {bundle.MODEL_FILE: model_bytes, **({bundle.COMPILED_FILE: onnx} if onnx is not None else {})}
+    meta = {**meta, "digests": {name: trust.sha256_bytes(data) for name, data in payload.items()}}
+    meta_bytes = (json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n").encode()
+    labels = {
+        **labels,
+        bundle.SKOPS_LABEL: meta["digests"][bundle.MODEL_FILE],
+        bundle.META_LABEL: trust.sha256_bytes(meta_bytes),
+    }
     with bentoml.models.create(bundle.MODEL_NAME, labels=labels, metadata={"task": meta["task"]}) as model:
-        shutil.copy(model_file, Path(model.path) / bundle.MODEL_FILE)
-        if onnx is not None:
-            (Path(model.path) / bundle.COMPILED_FILE).write_bytes(onnx)
-        files.write_json(meta, Path(model.path) / bundle.META_FILE)
+        for name, data in {**payload, bundle.META_FILE: meta_bytes}.items():
+            (Path(model.path) / name).write_bytes(data)
     return bentoml.models.get(model.tag)
 
 
 def import_champion(client: Any, name: str, params: dict) -> Any:
-    """The champion in the BentoML model store, labelled with its registry version and lineage."""
-    import mlflow
+    """The champion in the BentoML model store, labelled with its registry version and lineage.
 
+    The registry version's skops bytes are verified against its `model.sha256` tag (recorded when
+    the gate promoted it), and those same bytes are compiled and stored."""
     version = registry.champion_version(client, name)
     if version is None:
         raise PipelineError(f"'{name}' has no champion yet: run `make promote` first")
     spec = serving_spec(params)
     existing = packaged_model(version, spec)
     if existing is not None:
+        verify_stored(existing)
         return existing
     run = client.get_run(version.run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=tmp))
-        mlmodel = yaml.safe_load((local / "MLmodel").read_text())
-        meta = model_meta(version, run, mlmodel, version.tags.get("positive_class"), params)
-        model_file = local / mlmodel["flavors"]["sklearn"]["pickled_model"]
-        onnx, meta["compiled"] = compile_champion(model_file, meta, params)
-        labels = {
-            "registered_model": name,
-            "registry_version": str(version.version),
-            "run_id": version.run_id,
-            "serving_spec": spec,
-            "runtime": meta["compiled"]["runtime"],
-            **{k.removeprefix(runs.LINEAGE_PREFIX): v for k, v in meta["lineage"].items()},
-        }
-        model = store_model(meta, model_file, onnx, labels)
+    loaded = artifacts.load_version(name, version, require_digest=True)
+    meta = model_meta(version, run, version.tags.get("positive_class"), params)
+    onnx, meta["compiled"] = compile_champion(loaded.model, meta, params)
+    labels = {
+        "registered_model": name,
+        "registry_version": str(version.version),
+        "run_id": version.run_id,
+        "serving_spec": spec,
+        "runtime": meta["compiled"]["runtime"],
+        **{k.removeprefix(runs.LINEAGE_PREFIX): v for k, v in meta["lineage"].items()},
+    }
+    model = store_model(meta, loaded.data, onnx, labels)
+    verify_stored(model)
     record_compilation(client, version, meta["compiled"], Path(model.path) / bundle.COMPILED_FILE)
     return model
 

@@ -6,6 +6,7 @@ python -m pipelines rollback --reason "why"        # champion one step back alon
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,11 @@ from pipelines.core.errors import PipelineError
 from pipelines.core.layout import Layout
 from pipelines.data.splitting import features_and_target
 from pipelines.modeling import metrics, runs
-from pipelines.release import gate, registry
+from pipelines.release import artifacts, gate, registry
+
+# Re-scoring a model on the same rows repeats the train stage's scores up to float noise; a
+# larger gap means the scores file is not this model's (edited, or stale).
+SCORE_TOLERANCE = 1e-6
 
 
 def baseline_scores(
@@ -34,17 +39,45 @@ def baseline_scores(
     return {name: scores[name] for name in dict.fromkeys(keep)}
 
 
-def champion_today(
-    client: Any, name: str, X: pd.DataFrame, y: pd.Series, task: str, positive: Any
-) -> tuple[Any, dict[str, float]] | None:
-    """The registry's champion version and its scores on today's holdout, or None without one."""
-    import mlflow
+def score(loaded: artifacts.LoadedArtifact, holdout: pd.DataFrame, data: dict, positive: Any) -> dict:
+    """A loaded model's scores on the holdout, as the train stage computes them."""
+    X, y = features_and_target(holdout, data["target"], data["ignore"])
+    return metrics.evaluate(loaded.model, X, y, data["task"], positive)
 
+
+def champion_artifact(client: Any, name: str, champion: Any) -> tuple[artifacts.LoadedArtifact, list[str]]:
+    """The champion's model, verified against its recorded digest. A champion promoted before
+    digests were recorded has none: its bytes, loaded by every other trust rule, are recorded now
+    (and the note says so), so that `make package` can verify them."""
+    loaded = artifacts.load_version(name, champion, require_digest=False)
+    if artifacts.recorded_digest(champion) is not None:
+        return loaded, []
+    client.set_model_version_tag(name, champion.version, artifacts.DIGEST_TAG, loaded.sha256)
+    return loaded, [
+        f"champion v{champion.version} had no {artifacts.DIGEST_TAG}: recorded from the bytes loaded now"
+    ]
+
+
+def champion_today(
+    client: Any, name: str, holdout: pd.DataFrame, data: dict, positive: Any
+) -> tuple[Any, dict[str, float], list[str]] | None:
+    """The registry's champion version, its scores on today's holdout, and notes; None without one.
+    A champion whose artifacts are missing or refused stops the promotion with one line."""
     champion = registry.champion_version(client, name)
     if champion is None:
         return None
-    model = mlflow.sklearn.load_model(f"models:/{name}@{registry.CHAMPION}")
-    return champion, metrics.evaluate(model, X, y, task, positive)
+    loaded, notes = champion_artifact(client, name, champion)
+    return champion, score(loaded, holdout, data, positive), notes
+
+
+def disagreements(claimed: dict[str, float], rescored: dict[str, float], source: str) -> list[str]:
+    """Where the scores file says something the re-score does not: an edited or stale file."""
+    return [
+        f"{source} says {metric} {claimed[metric]:.4f}, the re-score {rescored[metric]:.4f}: "
+        "the gate decided on the re-score"
+        for metric in sorted(set(claimed) & set(rescored))
+        if not math.isclose(claimed[metric], rescored[metric], rel_tol=0, abs_tol=SCORE_TOLERANCE)
+    ]
 
 
 def record(decision: dict, params: dict, root: Path) -> None:
@@ -54,19 +87,28 @@ def record(decision: dict, params: dict, root: Path) -> None:
 
 
 def run_promotion(root: Path, params: dict) -> dict:
+    """The gate's decision, applied under the store's promotion lock, after repairing what a
+    crashed promote or rollback left."""
     import mlflow
 
     if stores.main_root(root) != root:
         raise PipelineError("promotion never runs inside a DVC experiment's temporary workspace")
-    rules, data, paths = params["promote"], params["data"], params["paths"]
     runs.use_project_experiment(root, params)
     client = mlflow.MlflowClient()
-    name = rules["registered_model"]
+    with registry.exclusive(stores.mlflow_store(root, params)):
+        repairs = registry.repair(client, params["promote"]["registered_model"])
+        decision = _promotion(client, params)
+    return {**decision, "repairs": repairs} if repairs else decision
 
+
+def _promotion(client: Any, params: dict) -> dict:
+    rules, data, paths = params["promote"], params["data"], params["paths"]
+    name = rules["registered_model"]
     layout = Layout.from_paths(paths)
-    scores = layout.read_holdout_scores(list(params["train"]["candidates"]))
-    rules = gate.rules_for(rules, data["task"], set.intersection(*(set(s) for s in scores.values())))
-    challenger = gate.pick_challenger(scores, rules["primary_metric"])
+    # The scores files only pick the challenger: the gate decides on scores it computes itself.
+    claimed = layout.read_holdout_scores(list(params["train"]["candidates"]))
+    rules = gate.rules_for(rules, data["task"], set.intersection(*(set(s) for s in claimed.values())))
+    challenger = gate.pick_challenger(claimed, rules["primary_metric"])
     trained = layout.read_run(challenger)
     holdout = pd.read_parquet(paths["holdout"])
     champion = registry.champion_version(client, name)
@@ -76,28 +118,42 @@ def run_promotion(root: Path, params: dict) -> dict:
         "registered_model": name,
         "challenger": challenger,
         "challenger_run_id": trained["run_id"],
-        "challenger_scores": scores[challenger],
+        "challenger_scores_file": claimed[challenger],
         "champion_version": champion.version if champion else None,
         "champion_run_id": champion.run_id if champion else None,
     }
     if champion is not None and champion.run_id == trained["run_id"]:
+        notes = []
+        if artifacts.recorded_digest(champion) is None:  # promoted before digests: record it now
+            _, notes = champion_artifact(client, name, champion)
         decision.update(
             promoted=False,
-            reasons=[f"{challenger} (run {trained['run_id']}) is already champion v{champion.version}"],
+            reasons=[
+                f"{challenger} (run {trained['run_id']}) is already champion v{champion.version}",
+                *notes,
+            ],
         )
         return decision
 
+    what = f"challenger {challenger} (run {trained['run_id']})"
+    candidate = artifacts.load(trained["model_uri"], what)
+    positive = trained["positive_class"]
+    rescored = score(candidate, holdout, data, positive)
+    decision.update(challenger_scores=rescored, challenger_sha256=candidate.sha256)
+    notes = disagreements(claimed[challenger], rescored, layout.holdout_scores(challenger).as_posix())
+
     champion_scores = None
-    if champion is not None:
-        X, y = features_and_target(holdout, data["target"], data["ignore"])
-        _, champion_scores = champion_today(client, name, X, y, data["task"], trained["positive_class"])
+    today = champion_today(client, name, holdout, data, positive)
+    if today is not None:
+        _, champion_scores, champion_notes = today
         decision["champion_scores_today"] = champion_scores
+        notes += champion_notes
     baseline = baseline_scores(
-        pd.read_parquet(paths["train"]), holdout, data, trained["positive_class"], rules["primary_metric"]
+        pd.read_parquet(paths["train"]), holdout, data, positive, rules["primary_metric"]
     )
     decision["baseline_scores"] = baseline
-    verdict = gate.decide(scores[challenger], champion_scores, baseline, rules)
-    decision.update(promoted=verdict.promote, reasons=verdict.reasons)
+    verdict = gate.decide(rescored, champion_scores, baseline, rules)
+    decision.update(promoted=verdict.promote, reasons=[*verdict.reasons, *notes])
 
     if verdict.promote:
         run = client.get_run(trained["run_id"])
@@ -106,12 +162,14 @@ def run_promotion(root: Path, params: dict) -> dict:
             {
                 "run_id": trained["run_id"],
                 "candidate": challenger,
-                "positive_class": str(trained["positive_class"]),
+                "positive_class": str(positive),
+                # The bytes just re-scored: `make package` serves only these.
+                artifacts.DIGEST_TAG: candidate.sha256,
             }
         )
         decision["version"] = registry.promote(client, name, trained["model_uri"], tags)
     client.set_tag(trained["run_id"], "promotion.decision", "promoted" if verdict.promote else "refused")
-    client.set_tag(trained["run_id"], "promotion.reasons", "; ".join(verdict.reasons)[:4900])
+    client.set_tag(trained["run_id"], "promotion.reasons", "; ".join(decision["reasons"])[:4900])
     return decision
 
 
@@ -120,8 +178,11 @@ def run_rollback(root: Path, params: dict, reason: str) -> dict:
 
     runs.use_project_experiment(root, params)
     name = params["promote"]["registered_model"]
-    current, restored = registry.rollback(mlflow.MlflowClient(), name, reason)
-    return {
+    client = mlflow.MlflowClient()
+    with registry.exclusive(stores.mlflow_store(root, params)):
+        repairs = registry.repair(client, name)
+        current, restored = registry.rollback(client, name, reason)
+    decision = {
         "at": registry.now(),
         "registered_model": name,
         "rollback": True,
@@ -129,6 +190,7 @@ def run_rollback(root: Path, params: dict, reason: str) -> dict:
         "champion_version": restored,
         "reasons": [reason],
     }
+    return {**decision, "repairs": repairs} if repairs else decision
 
 
 def summary(decision: dict) -> str:

@@ -1,23 +1,51 @@
-"""The MLflow model registry: who is champion, promotion, rollback, and the decision records.
+"""The MLflow model registry: who is champion, promotion, rollback, and their crash repair.
 
 Promotion changes shared state, so it runs outside the DVC graph (`make promote`): the run-cache
 can never skip or replay it, and `dvc exp run` never reaches it.
+
+The `champion` alias is the commit point. A promotion registers its version as
+`promotion.state=pending`, moves `champion` (then `previous-champion`), writes `champion.history`,
+and only then marks the version `done`. A crash between any two steps leaves a state `repair`
+puts right on the next promote or rollback: a pending version that never became champion is
+`abandoned` (and never counted in history), and the history follows the alias.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
 HISTORY_TAG = "champion.history"  # JSON list of versions, oldest first; the last is champion
+STATE_TAG = "promotion.state"  # on a version: pending -> done, or abandoned (a crashed promotion)
+PENDING, DONE, ABANDONED = "pending", "done", "abandoned"
+LOCK_FILE = "promotions.lock"
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def exclusive(store: Path) -> Iterator[None]:
+    """Hold the store's promotion lock: one promote or rollback at a time on this machine.
+
+    flock is released by the kernel when the holder exits, even on a crash, so a stale lock
+    never blocks the next run. A waiting run blocks until the holder is done, then sees its result.
+    """
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def history(client: Any, name: str) -> list[str]:
@@ -39,9 +67,7 @@ def champion_version(client: Any, name: str) -> Any | None:
         return None
 
 
-def _point_aliases(client: Any, name: str, versions: list[str]) -> None:
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(versions))
-    client.set_registered_model_alias(name, CHAMPION, versions[-1])
+def _point_previous(client: Any, name: str, versions: list[str]) -> None:
     if len(versions) > 1:
         client.set_registered_model_alias(name, PREVIOUS, versions[-2])
     else:
@@ -51,17 +77,69 @@ def _point_aliases(client: Any, name: str, versions: list[str]) -> None:
             client.delete_registered_model_alias(name, PREVIOUS)
 
 
+def _write_history(client: Any, name: str, versions: list[str]) -> None:
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(versions))
+
+
+def repaired_history(chain: list[str], champion: str | None) -> list[str]:
+    """The history that agrees with the champion alias (the alias is the commit point, so it wins).
+
+    The alias one step back (a rollback that crashed before its history write) drops what
+    follows it; an alias not in the history (a promotion that crashed after its alias move) is
+    appended. Without a champion alias there is nothing to agree with: the history stays.
+    """
+    if champion is None:
+        return chain
+    if champion in chain:
+        return chain[: len(chain) - chain[::-1].index(champion)]
+    return [*chain, champion]
+
+
+def repair(client: Any, name: str) -> list[str]:
+    """Put right what a crashed promote or rollback left; returns what was done, for the record."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return []
+    current = champion_version(client, name)
+    champion = str(current.version) if current is not None else None
+    done: list[str] = []
+    for version in client.search_model_versions(f"name='{name}'"):
+        if (version.tags or {}).get(STATE_TAG) != PENDING:
+            continue
+        number = str(version.version)
+        state = DONE if number == champion else ABANDONED
+        client.set_model_version_tag(name, number, STATE_TAG, state)
+        done.append(f"v{number} left pending by a crashed promotion: {state}")
+    chain = history(client, name)
+    fixed = repaired_history(chain, champion)
+    if fixed != chain:
+        _write_history(client, name, fixed)
+        done.append(f"{HISTORY_TAG} {chain} -> {fixed}, as the champion alias says")
+    if champion is not None:
+        _point_previous(client, name, fixed)
+    return done
+
+
 def promote(client: Any, name: str, model_uri: str, tags: dict[str, str]) -> str:
-    """Register a new version and make it champion; the old one becomes previous-champion."""
+    """Register a new version and make it champion; the old one becomes previous-champion.
+
+    The steps' order is what `repair` relies on (see the module note)."""
     import mlflow
 
     chain = history(client, name)
-    version = mlflow.register_model(model_uri, name, tags=tags).version
-    for old in chain[-1:]:
-        client.set_model_version_tag(name, old, "former_champion", "true")
+    version = str(mlflow.register_model(model_uri, name, tags={**tags, STATE_TAG: PENDING}).version)
     client.set_model_version_tag(name, version, "promoted_at", now())
-    _point_aliases(client, name, [*chain, str(version)])
-    return str(version)
+    client.set_registered_model_alias(name, CHAMPION, version)  # the commit point
+    chain = [*chain, version]
+    _point_previous(client, name, chain)
+    _write_history(client, name, chain)
+    for old in chain[-2:-1]:
+        client.set_model_version_tag(name, old, "former_champion", "true")
+    client.set_model_version_tag(name, version, STATE_TAG, DONE)
+    return version
 
 
 def rollback(client: Any, name: str, reason: str) -> tuple[str, str]:
@@ -74,5 +152,7 @@ def rollback(client: Any, name: str, reason: str) -> tuple[str, str]:
     current, chain = chain[-1], chain[:-1]
     client.set_model_version_tag(name, current, "rolled_back_at", now())
     client.set_model_version_tag(name, current, "rollback_reason", reason)
-    _point_aliases(client, name, chain)
+    client.set_registered_model_alias(name, CHAMPION, chain[-1])  # the commit point
+    _point_previous(client, name, chain)
+    _write_history(client, name, chain)
     return current, chain[-1]

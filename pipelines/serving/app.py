@@ -1,13 +1,15 @@
 """The service's routes, and nothing else: each route calls into the modules beside this one.
 
-Every refusal is a 4xx (or 503 when overloaded) in the shape of `responses.error`, never a stack
-trace and never the caller's input. The app is FastAPI, mounted into the BentoML service, so
-BentoML's /docs.json, /livez, /readyz and /metrics cover it. Order of the guards for a POST:
-`guards.BodyGuard` (media type, size), then FastAPI's parsing against `schema`, then the key.
+Every refusal is a 4xx (or 503) in the shape of `responses.error`, never a stack trace and never
+the caller's input. The app is FastAPI, mounted into the BentoML service, so BentoML's /docs.json,
+/livez, /readyz and /metrics cover it. Order of the checks for a POST: the API key
+(`middleware.Front`, outside BentoML's whole app, before anything is read), then
+`guards.BodyGuard` (media type, size, read deadline), then FastAPI's parsing against `schema`.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route's annotations at runtime,
 # and the request body's model is a local of create_app that a string annotation cannot reach.
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -16,12 +18,15 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException
 
 from pipelines.serving import answers, schema
 from pipelines.serving.batcher import Overloaded
 from pipelines.serving.guards import BodyGuard
-from pipelines.serving.responses import FastJSONResponse, error, validation_response
+from pipelines.serving.prediction_log import LogUnavailable
+from pipelines.serving.registry_view import RegistryView
+from pipelines.serving.responses import FastJSONResponse, error, foreign, outcome_of, validation_response
 from pipelines.serving.worker import Worker, current_request_id
 
 log = logging.getLogger("tabular_mlops.service")
@@ -33,7 +38,9 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
     limits = meta["limits"]
     record = schema.record_model(meta["fields"], meta.get("optional_fields", {}), limits["max_string_length"])
     body_model = schema.request_model(record, limits["max_records"])
+    # Only documents the key in the OpenAPI schema: middleware.Front checks it, before the body.
     bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+    registry = RegistryView.for_meta(meta)
     app = FastAPI(title="tabular-mlops", docs_url=None, redoc_url=None, openapi_url=None)
 
     def count(outcome: str) -> None:
@@ -45,22 +52,19 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
         count("malformed" if response.status_code == 400 else "invalid")
         return response
 
+    @app.exception_handler(HTTPException)
+    async def refused(_: Request, exc: HTTPException) -> JSONResponse:
+        """FastAPI's own refusals (`{"detail": ...}`): a body that is not a `JSONDecodeError` to
+        parse (deep nesting, huge integers, invalid UTF-8), 404, 405, in the project's shape."""
+        kind, message = foreign(exc.status_code)
+        count(outcome_of(kind))
+        return error(exc.status_code, kind, message, **(exc.headers or {}))
+
     @app.exception_handler(Exception)
     async def failed(_: Request, exc: Exception) -> JSONResponse:
         log.exception("prediction failed")
         count("error")
         return error(500, "internal_error", "the service failed; the request id is in the logs")
-
-    async def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        # async: a plain `def` dependency would cost a hop to a worker thread on every request
-        token = credentials.credentials if credentials else None
-        if not worker_ref().keys.allows(token):
-            raise _Unauthorized
-
-    @app.exception_handler(_Unauthorized)
-    async def unauthorized(_: Request, __: Exception) -> JSONResponse:
-        count("unauthorized")
-        return error(401, "unauthorized", "a valid API key is required", **{"WWW-Authenticate": "Bearer"})
 
     error_doc = {"description": "refused: the body names the field and the problem"}
 
@@ -68,9 +72,13 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
         PREDICT_PATH,
         response_model=answers.PredictResponse,
         response_model_exclude_none=True,
-        dependencies=[Depends(authorized)],
-        responses={code: error_doc for code in (400, 401, 413, 415, 422)}
-        | {503: {"description": "overloaded; retry after Retry-After seconds"}},
+        dependencies=[Depends(bearer)],
+        responses={code: error_doc for code in (400, 401, 408, 413, 415, 422)}
+        | {
+            503: {
+                "description": "overloaded, or the prediction log cannot be written; retry after Retry-After seconds"
+            }
+        },
         summary="Predict for 1..N records given in the raw data's column names",
     )
     async def predict(body: body_model) -> Any:  # type: ignore[valid-type]
@@ -80,17 +88,29 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
         try:
             predictions, probabilities = await worker.batcher.submit(rows)
         except Overloaded:
+            worker.count("overloaded")
             return error(
                 503, "overloaded", "too many rows are waiting; retry shortly", **{"Retry-After": "1"}
             )
         request_id = current_request_id()
         elapsed = time.perf_counter() - started
         latency_ms = elapsed * 1000
+        if worker.monitor is not None:
+            try:  # logged before counted: an answer that is not in the log is not an `ok`
+                worker.monitor(
+                    request_id, worker.loaded.version, rows, predictions, probabilities, latency_ms
+                )
+            except LogUnavailable:
+                worker.count("log_unavailable")
+                return error(
+                    503,
+                    "log_unavailable",
+                    "the prediction log cannot be written; retry shortly",
+                    **{"Retry-After": "1"},
+                )
         worker.count("ok")
         worker.records.inc(len(rows))
         worker.latency.observe(elapsed)
-        if worker.monitor is not None:
-            worker.monitor(request_id, worker.loaded.version, rows, predictions, probabilities, latency_ms)
         answer = answers.response_body(request_id, worker.loaded.version, predictions, probabilities)
         # Built by us from plain values: FastAPI's re-validation against the response model
         # would cost more than the compiled model's call. The model still documents the schema.
@@ -101,10 +121,12 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
         """Does nothing: its latency is this service's HTTP floor (bench/serve.py measures it)."""
         return JSONResponse({})
 
-    @app.get("/metadata", dependencies=[Depends(authorized)], responses={401: error_doc})
+    @app.get("/metadata", dependencies=[Depends(bearer)], responses={401: error_doc})
     async def metadata() -> dict[str, Any]:
-        """The served model's version, lineage tags and metrics."""
-        loaded = worker_ref().loaded
+        """The served model's version, lineage tags and metrics; whether it is still the
+        registry's champion; whether the service asks for a key."""
+        worker = worker_ref()
+        loaded = worker.loaded
         keys = (
             "version",
             "registered_model",
@@ -127,11 +149,11 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
                 "parity": compiled.get("parity"),
                 "versions": compiled.get("versions"),
             },
+            "registry": await asyncio.to_thread(registry.status),
+            "auth": worker.keys.mode,
         }
 
-    app.add_middleware(BodyGuard, max_bytes=limits["max_body_bytes"], count=count)
+    app.add_middleware(
+        BodyGuard, max_bytes=limits["max_body_bytes"], count=count, deadline=limits["body_timeout_seconds"]
+    )
     return app
-
-
-class _Unauthorized(Exception):
-    pass

@@ -2,14 +2,16 @@
 
 The bundle is a folder holding the skops file of the fitted scikit-learn pipeline, the compiled
 ONNX graph if one passed parity, and meta.json: the request's field specs and limits, the
-service settings, the version, lineage and metrics, and the compile record.
+service settings, the version, lineage and metrics, the compile record, and `digests`, the
+SHA-256 of each model file. BentoML's own model.yaml beside them holds the model's labels, two
+of which anchor the rest: meta.json's digest and model.skops's. Every file is verified before it
+is used, from the bytes that are then loaded (`trust.read_verified`); a mismatch, or a bundle
+packaged before digests existed, raises `trust.Untrusted`, and the service does not start.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.serving import trust
 from pipelines.serving.runtimes import (
     ArrayRuntime,
     CompiledRuntime,
@@ -30,11 +33,39 @@ MODEL_NAME = "tabular-champion"  # the champion's name in the BentoML model stor
 MODEL_FILE = "model.skops"
 COMPILED_FILE = "model.onnx"
 META_FILE = "meta.json"
-log = logging.getLogger("tabular_mlops.serving")
+MODEL_YAML = "model.yaml"  # BentoML's record of a stored model, with its labels
+META_LABEL = "meta_sha256"  # labels written at packaging: meta.json's digest, and
+SKOPS_LABEL = "model_sha256"  # model.skops's (the registry version's model.sha256 tag)
+
+
+def describe(path: Path) -> str:
+    """How errors name a stored model: tabular-champion:<version>, as `bentoml models list` does."""
+    return f"packaged model {path.parent.name}:{path.name}"
+
+
+def labels(path: Path) -> dict[str, str]:
+    """The model's labels, from BentoML's model.yaml (read directly: no bentoml import needed)."""
+    import yaml
+
+    try:
+        found = (yaml.safe_load((path / MODEL_YAML).read_text()) or {}).get("labels")
+    except (OSError, yaml.YAMLError, AttributeError):
+        found = None
+    return found if isinstance(found, dict) else {}
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / META_FILE).read_text())
+    """meta.json, verified against the model's label, with a `digests` entry for model.skops that
+    agrees with the other label. A model packaged before digests existed is refused."""
+    path = Path(path)
+    what, tags = describe(path), labels(path)
+    if not tags.get(META_LABEL) or not tags.get(SKOPS_LABEL):
+        raise trust.Untrusted(f"{what} was packaged without file digests: run `make package` again")
+    meta = json.loads(trust.read_verified(path / META_FILE, tags[META_LABEL], what))
+    digests = meta.get("digests") if isinstance(meta, dict) else None
+    if not isinstance(digests, dict) or digests.get(MODEL_FILE) != tags[SKOPS_LABEL]:
+        raise trust.Untrusted(f"{what}: meta.json's digest of {MODEL_FILE} is not the one in its labels")
+    return meta
 
 
 def service_options(meta: dict[str, Any]) -> dict[str, Any]:
@@ -50,20 +81,18 @@ def service_options(meta: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def compiled_runtime(path: Path, meta: dict[str, Any], threads: int = 1) -> CompiledRuntime | None:
-    """The verified compiled model, or None: never one whose file is not the one that passed parity."""
+    """The compiled model if the compile record says one serves, from bytes verified against
+    meta's digest (the graph that passed parity); None if scikit-learn serves. A missing or
+    tampered graph raises `trust.Untrusted`: never a silent fall-back to another runtime."""
     record = meta.get("compiled") or {}
-    file = path / COMPILED_FILE
-    if record.get("runtime") != "onnx" or not file.is_file():
+    if record.get("runtime") != "onnx":
         return None
-    if file_sha256(file) != record.get("sha256"):
-        log.error("%s differs from the file that passed parity: serving scikit-learn", file)
-        return None
-    return CompiledRuntime(file, record["inputs"], meta["task"], threads)
+    expected = (meta.get("digests") or {}).get(COMPILED_FILE)
+    if expected != record.get("sha256"):
+        raise trust.Untrusted(f"{describe(path)}: the compile record and meta's digests disagree")
+    data = trust.read_verified(path / COMPILED_FILE, expected, describe(path))
+    return CompiledRuntime(data, record["inputs"], meta["task"], threads)
 
 
 @dataclass(frozen=True)
@@ -106,13 +135,13 @@ class LoadedModel:
 
 
 def load(path: str | Path, threads: int = 1) -> LoadedModel:
-    """A packaged model: skops file plus meta.json. skops only trusts the listed types.
+    """A packaged model: skops file plus meta.json, each verified against its recorded digest
+    (raises `trust.Untrusted` otherwise). skops trusts only the code's `trust.TRUSTED_TYPES`.
     `threads` is the compiled model's thread count (0: every core)."""
-    import skops.io
-
     path = Path(path)
     meta = read_meta(path)
-    model = skops.io.load(path / MODEL_FILE, trusted=meta["trusted_types"])
+    data = trust.read_verified(path / MODEL_FILE, meta["digests"][MODEL_FILE], describe(path))
+    model = trust.load_skops(data, describe(path))
     classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
     loaded = LoadedModel(
         model=model,

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -97,9 +96,8 @@ class CompiledRuntime:
 
     DTYPES: ClassVar[dict[str, Any]] = {"float": np.float32, "string": object}
 
-    def __init__(
-        self, onnx: bytes | str | Path, inputs: list[dict[str, Any]], task: str, threads: int = 1
-    ) -> None:
+    def __init__(self, onnx: bytes, inputs: list[dict[str, Any]], task: str, threads: int = 1) -> None:
+        """`onnx` is the graph's bytes, never a path: the caller verified exactly these bytes."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -110,8 +108,9 @@ class CompiledRuntime:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if threads != 1:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        source = str(onnx) if isinstance(onnx, Path) else onnx
-        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        if not isinstance(onnx, bytes):
+            raise TypeError("CompiledRuntime takes the graph's verified bytes, not a path")
+        self.session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
         self.inputs = [(i["name"], self.DTYPES[i["type"]], i.get("fill")) for i in inputs]
         outputs = [o.name for o in self.session.get_outputs()]
         self.output = "probabilities" if task == "classification" else outputs[0]

@@ -21,7 +21,9 @@ def _field_type(spec: dict[str, Any], max_string_length: int) -> Any:
     if kind == "integer":
         return Annotated[int, Field(strict=True, **bounds)]
     if kind == "number":
-        return Annotated[float, Field(allow_inf_nan=False, **bounds)]
+        # Strict: a JSON number only (an integer is one). Lax mode would take `true` as 1.0 and
+        # the string "1.5" as 1.5, so the request would not say what the model was given.
+        return Annotated[float, Field(strict=True, allow_inf_nan=False, **bounds)]
     if kind == "boolean":
         return Annotated[bool, Field(strict=True)]
     if spec.get("allowed"):
@@ -54,6 +56,46 @@ def request_model(record: type[BaseModel], max_records: int) -> type[BaseModel]:
     )
 
 
+# What each contract type accepts, as the request model does: 5.0 is not an integer, and a
+# boolean or a string is not a number (bool is a subclass of int, so it is refused by name).
+_ACCEPTS: dict[str, tuple[type, ...]] = {
+    "integer": (int, np.integer),
+    "number": (int, float, np.integer, np.floating),
+    "boolean": (bool, np.bool_),
+    "string": (str,),
+}
+_TYPE_NAMES = {"integer": "an integer", "number": "a number", "boolean": "a boolean", "string": "a string"}
+
+
+def _wrong_type(column: pd.Series, kind: str) -> pd.Series:
+    """Per cell, True where the value's type is not the field's (missing cells are not judged)."""
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        fits = kind == "boolean"
+    elif pd.api.types.is_integer_dtype(dtype):
+        fits = kind in ("integer", "number")
+    elif pd.api.types.is_float_dtype(dtype):
+        fits = kind == "number"
+    elif isinstance(dtype, pd.StringDtype):
+        fits = kind == "string"
+    else:  # object: judge each value, as a JSON body's values are judged
+        accepts = _ACCEPTS[kind]
+        strict = kind != "boolean"
+        return column.map(
+            lambda v: v is not None and not (isinstance(v, accepts) and not (strict and isinstance(v, bool)))
+        ).astype(bool)
+    return pd.Series(not fits, index=column.index)
+
+
+def _booleans(column: pd.Series) -> pd.Series:
+    """Which cells hold a boolean: all of a bool column, some of a mixed (object) one."""
+    if pd.api.types.is_bool_dtype(column):
+        return pd.Series(True, index=column.index)
+    if column.dtype != object:
+        return pd.Series(False, index=column.index)
+    return column.map(lambda v: isinstance(v, bool | np.bool_)).astype(bool)
+
+
 def row_problems(frame: pd.DataFrame, fields: dict[str, dict], max_string_length: int) -> pd.Series:
     """The record rules, vectorised over a frame: per row, the first problem or None."""
     problems = pd.Series([None] * len(frame), index=frame.index, dtype=object)
@@ -68,7 +110,10 @@ def row_problems(frame: pd.DataFrame, fields: dict[str, dict], max_string_length
             flag(missing, f"{name}: missing, and the contract says not nullable")
         present = ~missing
         kind = spec["type"]
+        flag(present & _wrong_type(column, kind), f"{name}: not {_TYPE_NAMES[kind]}")
         if kind in ("integer", "number"):
+            # A boolean is not a number, in a request or in a file (pandas counts bool as numeric).
+            flag(present & _booleans(column), f"{name}: not a number")
             numbers = (
                 pd.to_numeric(column, errors="coerce")
                 if not pd.api.types.is_numeric_dtype(column)

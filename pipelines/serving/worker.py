@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 
 from pipelines.serving import answers
 from pipelines.serving.auth import ApiKeys
 from pipelines.serving.batcher import Batcher
 from pipelines.serving.bundle import LoadedModel
+from pipelines.serving.prediction_log import PredictionLog
 
 
 class Worker:
     """One worker's loaded model, batcher, keys, metrics and prediction log (`monitor`)."""
 
-    def __init__(self, loaded: LoadedModel, keys: ApiKeys, monitor: Callable | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, keys: ApiKeys, monitor: PredictionLog | None = None) -> None:
         # Imported here, in the worker: BentoML sets PROMETHEUS_MULTIPROC_DIR after importing the service.
         import prometheus_client
 
@@ -37,7 +37,11 @@ class Worker:
         )
 
     def count(self, outcome: str) -> None:
+        """One answer, by outcome: in /metrics, and for refusals and failures also in the log
+        folder (as counts, never inputs); the lines of an `ok` are the log itself."""
         self.outcomes.labels(outcome=outcome).inc()
+        if outcome != "ok" and self.monitor is not None:
+            self.monitor.outcome(outcome)
 
 
 def current_request_id() -> str:

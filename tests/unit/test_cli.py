@@ -54,7 +54,8 @@ def test_batch_checks_its_arguments_before_loading_anything(
     assert cli.main(["batch", "in.xlsx", "out.csv"]) == 1
     assert (
         capsys.readouterr().err
-        == "ERROR batch: 'in.xlsx' is neither CSV nor Parquet (by its name's suffix)\n"
+        == "ERROR batch: 'in.xlsx' has an unknown format: name it .csv, .tsv (either may end .gz, .bz2 or"
+        " .xz), .parquet or .pq\n"
     )
     assert cli.main(["batch", "missing.csv", "out.csv"]) == 1
     assert capsys.readouterr().err == "ERROR batch: 'missing.csv' does not exist\n"

@@ -20,7 +20,7 @@ from pipelines.core import config
 from pipelines.data import splitting
 from pipelines.modeling import metrics, models
 from pipelines.release import compilation
-from pipelines.serving import answers, bundle, runtimes
+from pipelines.serving import answers, bundle, runtimes, trust
 
 PARAMS = config.load_params(REPO / "params.yaml")
 BOUNDS = PARAMS["serving"]["parity"]
@@ -193,14 +193,22 @@ def test_a_compiled_model_that_misses_parity_is_never_served():
     assert not record["parity"]["passed"] and record["parity"]["misses"]
 
 
-def test_a_tampered_compiled_file_is_not_served(tmp_path):
-    """The service loads the graph only if its hash is the one that passed parity."""
+def test_a_tampered_compiled_file_is_refused_not_replaced(tmp_path):
+    """The service loads the graph only if its hash is the one that passed parity; otherwise it
+    refuses (raises), rather than quietly serving another runtime."""
+    import hashlib
+
     onnx_bytes, record = compile_small(small_model())
-    meta = {"task": "classification", "compiled": record}
+    meta = {"task": "classification", "compiled": record, "digests": {bundle.COMPILED_FILE: record["sha256"]}}
+    assert record["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()  # the bytes parity was run on
     (tmp_path / bundle.COMPILED_FILE).write_bytes(onnx_bytes)
     assert bundle.compiled_runtime(tmp_path, meta) is not None
     (tmp_path / bundle.COMPILED_FILE).write_bytes(onnx_bytes + b"\0")
-    assert bundle.compiled_runtime(tmp_path, meta) is None
+    with pytest.raises(trust.Untrusted, match="does not match its recorded SHA-256"):
+        bundle.compiled_runtime(tmp_path, meta)
+    (tmp_path / bundle.COMPILED_FILE).unlink()
+    with pytest.raises(trust.Untrusted, match="cannot be read"):
+        bundle.compiled_runtime(tmp_path, meta)
     assert bundle.compiled_runtime(tmp_path, {**meta, "compiled": {**record, "runtime": "sklearn"}}) is None
 
 

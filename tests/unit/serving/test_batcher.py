@@ -281,3 +281,132 @@ def test_regression_answers_without_probabilities_are_sliced_too(inline):
         return await asyncio.gather(batcher.submit(rows(1, 2)), batcher.submit(rows(3)))
 
     assert run(main()) == [([0.5, 1.0], None), ([1.5], None)]
+
+
+# --- Injected faults: the loop survives, every caller gets an answer or an exception, and the
+# --- waiting-row count returns to zero on every path.
+
+
+class LyingFuture(asyncio.Future):
+    """A future that is cancelled between the batcher's `done()` check and its `set_result`, as a
+    caller that goes away at that instant would be."""
+
+    def set_result(self, result):
+        self.cancel()
+        raise asyncio.InvalidStateError("cancelled meanwhile")
+
+
+@MODES
+def test_a_future_cancelled_between_the_check_and_set_result_does_not_stop_the_others(inline):
+    model = Model()
+    batcher = Batcher(model, max_queue_rows=100, inline=inline)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        real_create_future, made = loop.create_future, []
+
+        def second_one_lies():
+            made.append(LyingFuture(loop=loop) if len(made) == 1 else real_create_future())
+            return made[-1]
+
+        loop.create_future = second_one_lies
+        outcomes = await asyncio.gather(
+            *(batcher.submit(r) for r in (rows(1), rows(2, 3), rows(4))), return_exceptions=True
+        )
+        loop.create_future = real_create_future
+        return outcomes, await batcher.submit(rows(5))
+
+    outcomes, after = run(main())
+    assert outcomes[0] == expected(1)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    assert outcomes[2] == expected(4)
+    assert after == expected(5)
+    assert model.calls == [[1, 2, 3, 4], [5]]
+    assert batcher.pending_rows == 0
+
+
+@MODES
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda xs: ([10 * x for x in xs][:-1], [{"p": x} for x in xs]),  # one prediction short
+        lambda xs: ([10 * x for x in xs], [{"p": x} for x in xs] + [{"p": 0}]),  # one probability too many
+        lambda xs: [10 * x for x in xs],  # not (predictions, probabilities)
+        lambda xs: None,
+    ],
+    ids=["short-predictions", "long-probabilities", "bare-list", "none"],
+)
+def test_an_answer_that_does_not_fit_the_batch_fails_every_caller_and_the_next_batch_is_served(
+    inline, answer
+):
+    calls = []
+
+    def model(batch):
+        xs = [row["x"] for row in batch]
+        calls.append(xs)
+        return answer(xs) if len(calls) == 1 else expected(*xs)
+
+    batcher = Batcher(model, max_queue_rows=100, inline=inline)
+
+    async def main():
+        outcomes = await asyncio.gather(
+            *(batcher.submit(r) for r in (rows(1), rows(2, 3))), return_exceptions=True
+        )
+        return outcomes, await batcher.submit(rows(4, 5))
+
+    outcomes, after = run(main())
+    assert calls == [[1, 2, 3], [4, 5]]
+    assert all(isinstance(outcome, ValueError) for outcome in outcomes)
+    assert after == expected(4, 5)
+    assert batcher.pending_rows == 0
+
+
+@MODES
+def test_numpy_like_probabilities_are_sliced_without_asking_their_truth_value(inline):
+    class Strict(list):  # like a numpy array: bool() of it is an error
+        def __bool__(self):
+            raise ValueError("ambiguous truth value")
+
+    def model(batch):
+        xs = [row["x"] for row in batch]
+        return [10 * x for x in xs], Strict({"p": x} for x in xs)
+
+    batcher = Batcher(model, max_queue_rows=100, inline=inline)
+
+    async def main():
+        return await asyncio.gather(batcher.submit(rows(1, 2)), batcher.submit(rows(3)))
+
+    assert run(main()) == [expected(1, 2), expected(3)]
+
+
+def test_a_stopped_loop_task_answers_every_waiting_caller_and_the_next_submit_starts_a_new_one():
+    model = Model(hold=True)
+    batcher = Batcher(model, max_queue_rows=100, inline=False)
+
+    async def main():
+        running = asyncio.ensure_future(batcher.submit(rows(1, 2)))  # in the model
+        await until(model.started)
+        queued = [asyncio.ensure_future(batcher.submit(r)) for r in (rows(3), rows(4, 5))]
+        await asyncio.sleep(0)
+        assert batcher.pending_rows == 5
+        batcher._task.cancel()  # as at shutdown, or any fault that ends the task
+        outcomes = await asyncio.gather(running, *queued, return_exceptions=True)
+        assert batcher.pending_rows == 0
+        model.release.set()
+        return outcomes, await batcher.submit(rows(6))
+
+    outcomes, after = run(main())
+    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
+    assert after == expected(6)
+    assert batcher.pending_rows == 0
+
+
+@MODES
+def test_the_batcher_serves_again_in_a_new_event_loop(inline):
+    # A task bound to a closed loop never runs again: the batcher must not queue work for it.
+    model = Model()
+    batcher = Batcher(model, max_queue_rows=100, inline=inline)
+    assert run(batcher.submit(rows(1))) == expected(1)
+    assert run(batcher.submit(rows(2, 3))) == expected(2, 3)
+    assert model.calls == [[1], [2, 3]]
+    assert batcher.pending_rows == 0

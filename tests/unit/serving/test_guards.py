@@ -12,6 +12,7 @@ import pytest
 from pipelines.serving.guards import BodyGuard
 
 MAX = 100  # bytes
+DEADLINE = 5.0  # seconds to receive a body
 
 
 class Client:
@@ -77,7 +78,7 @@ def chunk(body: bytes, more: bool) -> dict:
 
 def drive(scope: dict, client: Client) -> tuple[App, list[str]]:
     app, counted = App(), []
-    guard = BodyGuard(app, max_bytes=MAX, count=counted.append)
+    guard = BodyGuard(app, max_bytes=MAX, count=counted.append, deadline=DEADLINE)
 
     async def main() -> None:
         await asyncio.wait_for(guard(scope, client.receive, client.send), timeout=2)
@@ -174,7 +175,12 @@ def test_content_length_over_the_limit_is_refused_from_the_header_before_any_bod
     # Sent in small chunks, so only the header can tell before the body has been read.
     client = Client(*[chunk(b"x" * 10, True) for _ in range(20)], chunk(b"x", False))
     decided_after = []
-    guard = BodyGuard(App(), max_bytes=MAX, count=lambda kind: decided_after.append((kind, client.received)))
+    guard = BodyGuard(
+        App(),
+        max_bytes=MAX,
+        count=lambda kind: decided_after.append((kind, client.received)),
+        deadline=DEADLINE,
+    )
     scope = http_scope(content_length=str(201))
     asyncio.run(asyncio.wait_for(guard(scope, client.receive, client.send), timeout=2))
     assert decided_after == [("body_too_large", 0)]
@@ -251,7 +257,7 @@ def test_after_the_body_the_app_sees_the_clients_disconnect_not_the_body_again()
         seen.append(await receive())
         seen.append(await receive())
 
-    guard = BodyGuard(app, max_bytes=MAX, count=lambda _: None)
+    guard = BodyGuard(app, max_bytes=MAX, count=lambda _: None, deadline=DEADLINE)
 
     async def main() -> None:
         await asyncio.wait_for(guard(http_scope(), client.receive, client.send), timeout=2)
@@ -259,3 +265,64 @@ def test_after_the_body_the_app_sees_the_clients_disconnect_not_the_body_again()
     asyncio.run(main())
     assert seen[0] == chunk(b"{}", False)
     assert seen[1] == {"type": "http.disconnect"}
+
+
+class SlowClient(Client):
+    """A client that sends its chunks `gap` seconds apart, then nothing more (a held connection)."""
+
+    def __init__(self, gap: float, *messages: dict) -> None:
+        super().__init__(*messages)
+        self.gap = gap
+
+    async def receive(self) -> dict:
+        self.received += 1
+        await asyncio.sleep(self.gap)
+        if self.pending:
+            return self.pending.pop(0)
+        await asyncio.sleep(3600)  # declared more body, sends nothing
+        return {"type": "http.disconnect"}
+
+
+def guarded(client: Client, deadline: float, scope: dict | None = None) -> tuple[App, list[str], float]:
+    app, counted = App(), []
+    guard = BodyGuard(app, max_bytes=MAX, count=counted.append, deadline=deadline)
+
+    async def main() -> float:
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(guard(scope or http_scope(), client.receive, client.send), timeout=5)
+        return asyncio.get_running_loop().time() - started
+
+    return app, counted, asyncio.run(main())
+
+
+def test_a_body_that_never_comes_gets_408_at_the_deadline_and_the_connection_closes():
+    client = SlowClient(0.0)  # headers declared a body; not a byte follows
+    app, counted, seconds = guarded(client, deadline=0.2, scope=http_scope(content_length="50"))
+    assert 0.2 <= seconds < 1.0
+    assert_refused(client, 408, "body_timeout")
+    assert client.headers()["connection"] == "close"
+    assert app.calls == [] and counted == ["body_timeout"]
+
+
+def test_a_body_dripped_slower_than_the_deadline_gets_408_even_though_each_chunk_is_quick():
+    chunks = [chunk(b" ", True) for _ in range(50)] + [chunk(b"{}", False)]
+    client = SlowClient(0.02, *chunks)  # 50 chunks, 20 ms apart: 1 s in all, over a 0.3 s deadline
+    app, counted, seconds = guarded(client, deadline=0.3)
+    assert seconds < 0.8
+    assert_refused(client, 408, "body_timeout")
+    assert app.calls == [] and counted == ["body_timeout"]
+
+
+def test_a_body_within_the_deadline_is_served():
+    client = SlowClient(0.01, chunk(b'{"a"', True), chunk(b": 1}", False))
+    app, counted, _ = guarded(client, deadline=1.0)
+    assert client.status() == 200 and len(app.calls) == 1 and counted == []
+
+
+def test_an_oversized_body_drained_past_the_deadline_still_gets_its_413_and_a_close():
+    client = SlowClient(0.0, chunk(b"z" * (MAX + 1), True))  # then holds the connection
+    app, counted, seconds = guarded(client, deadline=0.2)
+    assert seconds < 1.0
+    assert_refused(client, 413, "body_too_large")
+    assert client.headers()["connection"] == "close"
+    assert app.calls == [] and counted == ["body_too_large"]

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from pipelines.serving import schema
-from pipelines.serving.responses import FastJSONResponse, error, validation_response
+from pipelines.serving.responses import FastJSONResponse, error, foreign, outcome_of, validation_response
 
 FIELDS = {
     "n": {"type": "number", "nullable": True, "minimum": 0.0, "maximum": 10.0},
@@ -129,8 +129,49 @@ def test_validation_response_never_echoes_the_input_value(record):
     body = parsed(response)
     assert set(body) == {"error", "message", "field", "problems"}
     assert body["error"] == "invalid_request"
-    assert body["field"].startswith("records.1.")
+    assert body["field"].startswith("records.1")
     assert all(set(p) == {"field", "problem"} for p in body["problems"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"records": [GOOD, {**GOOD, HOSTILE: 1}]},  # a key outside the contract, in a record
+        {"records": [GOOD, {**GOOD, MARKER: HOSTILE}]},
+        {"records": [GOOD], MARKER: 1},  # beside `records`
+        {"records": [GOOD | {f"{MARKER}-{i}": i for i in range(30)}]},  # many of them
+    ],
+    ids=["in-a-record", "name-and-value", "top-level", "many"],
+)
+def test_the_names_of_keys_outside_the_contract_are_never_echoed(body):
+    """pydantic puts the caller's key in the error's location: the answer names the record instead."""
+    exc = refusal(body)
+    assert MARKER in json.dumps([list(map(str, e["loc"])) for e in exc.errors()])
+    response = validation_response(exc)
+    assert response.status_code == 422
+    assert MARKER.lower() not in response.body.decode().lower()
+    answer = parsed(response)
+    assert "outside the contract" in answer["message"]
+    assert answer["field"] in ("records.0", "records.1", "")
+
+
+def test_foreign_answers_get_a_kind_and_a_message_of_ours():
+    """One label per status that BentoML, Starlette or FastAPI may answer in its own shape."""
+    expected = {
+        400: "malformed",
+        404: "not_found",
+        405: "method_not_allowed",
+        429: "too_many_requests",
+        500: "internal_error",
+        503: "unavailable",
+        504: "timeout",
+        418: "http_418",
+        502: "internal_error",
+    }
+    for status, kind in expected.items():
+        got, message = foreign(status)
+        assert got == kind and message, status
+    assert outcome_of("internal_error") == "error" and outcome_of("not_found") == "not_found"
 
 
 def test_validation_response_names_the_first_field_as_records_index_column():

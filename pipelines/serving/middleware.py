@@ -1,0 +1,183 @@
+"""The outermost ASGI layer, around BentoML's whole app: it refuses before anything is spent.
+
+BentoML stacks its own middleware (metrics, tracing, access log, timeout, max concurrency) around
+the routes, and `Service.add_asgi_middleware` lands inside them. This layer sits outside all of
+them (service.py installs it through `bentoml.service(service_class=...)`), so that:
+
+- a keyless or wrong-key request to a protected route (every POST, and GET /metadata) is answered
+  401 at once, before its body is read and before it holds a concurrency slot, with
+  `Connection: close` so the connection is not kept busy either;
+- an unknown path or method is answered 404 / 405 here, so BentoML's metrics, which label
+  requests with the raw path, only ever see the service's own paths;
+- every answer that another layer gives in its own shape (BentoML's 429 and 504, Starlette's 404
+  and 405, FastAPI's `{"detail": ...}`) is rewritten into the project's error shape and counted;
+- /readyz says whether the service is open (`"auth": "off"`).
+
+The hot path pays one dict lookup, one key comparison and one wrapped `send` that looks at the
+status of the answer's first message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipelines.serving.auth import ApiKeys, bearer_token
+from pipelines.serving.responses import error_body, foreign, outcome_of
+
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})  # probes and scrapers: no key
+PROTECTED_GETS = frozenset({"/metadata"})
+MAX_FOREIGN_BODY = 64 * 1024  # bytes of another layer's error body held to look at its shape
+
+
+def known_routes(app: Any) -> dict[str, frozenset[str]]:
+    """Every path the app serves, with its methods: plain routes, mounted apps' routes, and the
+    files of mounted static folders (BentoML's docs page)."""
+    routes: dict[str, set[str]] = {}
+    for route in getattr(app, "routes", []):
+        methods = getattr(route, "methods", None)
+        if methods is not None and "{" not in route.path:
+            routes.setdefault(route.path, set()).update(methods)
+            continue
+        inner = getattr(route, "app", None)
+        folder = getattr(inner, "directory", None)
+        if folder is not None:
+            prefix = route.path.rstrip("/")
+            for file in Path(folder).rglob("*"):
+                if file.is_file():
+                    routes.setdefault(f"{prefix}/{file.relative_to(folder).as_posix()}", set()).update(
+                        {"GET", "HEAD"}
+                    )
+        elif inner is not None and route.path in ("", "/"):
+            for path, found in known_routes(inner).items():
+                routes.setdefault(path, set()).update(found)
+    return {path: frozenset(methods) for path, methods in routes.items()}
+
+
+async def answer(send: Callable, status: int, body: dict[str, Any], headers: Mapping[str, str]) -> None:
+    """A JSON answer sent straight to the server, without the app."""
+    payload = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def is_project_error(body: bytes) -> bool:
+    """Whether an error body already has the project's shape (so it was also counted)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("error"), str) and "message" in parsed
+
+
+class Front:
+    """ASGI middleware around the whole service: auth first, known routes only, one error shape."""
+
+    def __init__(
+        self,
+        app: Any,
+        keys: ApiKeys,
+        routes: Mapping[str, frozenset[str]],
+        count: Callable[[str], None],
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.routes = routes
+        self.count = count
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope["path"], scope["method"]
+        if path == "/readyz":
+            return await self.app(scope, receive, self.readyz_send(send))
+        protected = method == "POST" or path in PROTECTED_GETS
+        if protected and not self.keys.allows(bearer_token(scope["headers"])):
+            # Nothing of the request is read: the body stays unread and the connection closes.
+            return await self.refuse(
+                send, 401, "unauthorized", "a valid API key is required", WWW_Authenticate="Bearer"
+            )
+        allowed = self.routes.get(path)
+        if allowed is None:
+            return await self.refuse(send, 404, "not_found", "no such endpoint")
+        if method not in allowed:
+            return await self.refuse(
+                send,
+                405,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+                Allow=", ".join(sorted(allowed)),
+            )
+        return await self.app(scope, receive, self.shaped_send(send))
+
+    async def refuse(self, send: Callable, status: int, kind: str, message: str, **headers: str) -> None:
+        self.count(kind)
+        headers = {k.replace("_", "-"): v for k, v in headers.items()}
+        await answer(send, status, error_body(kind, message), {**headers, "Connection": "close"})
+
+    def shaped_send(self, send: Callable) -> Callable:
+        """`send`, with error answers in another layer's shape rewritten into ours and counted."""
+        state = "start"  # -> "pass" (a success, or ours), "hold" (an error being looked at), "done"
+        held: list[dict] = []
+
+        async def shaped(message: dict) -> None:
+            nonlocal state
+            if state == "pass":
+                return await send(message)
+            if state == "start":
+                if message["type"] != "http.response.start" or message["status"] < 400:
+                    state = "pass"
+                    return await send(message)
+                state = "hold"
+                held.append(message)
+                return None
+            if state == "done":
+                return None  # the rest of a long foreign body is dropped
+            held.append(message)
+            body = b"".join(m.get("body", b"") for m in held[1:])
+            more = message.get("more_body", False)
+            if more and len(body) <= MAX_FOREIGN_BODY:
+                return None
+            state = "done"
+            if not more and is_project_error(body):
+                await send(held[0])
+                return await send({"type": "http.response.body", "body": body, "more_body": False})
+            return await self.rewrite(send, held[0])
+
+        return shaped
+
+    async def rewrite(self, send: Callable, start: dict) -> None:
+        status = start["status"]
+        kind, message = foreign(status)
+        self.count(outcome_of(kind))
+        kept = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in start.get("headers", [])
+            if k.lower() in (b"retry-after", b"allow", b"www-authenticate", b"connection")
+        }
+        if status in (429, 503):
+            kept.setdefault("Retry-After", "1")
+        await answer(send, status, error_body(kind, message), kept)
+
+    def readyz_send(self, send: Callable) -> Callable:
+        """BentoML's /readyz answer, with a JSON body that also says whether keys are required."""
+        status = 0
+
+        async def readyz(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                return None
+            if message.get("more_body", False):
+                return None
+            if status == 200:
+                return await answer(send, 200, {"status": "ready", "auth": self.keys.mode}, {})
+            self.count("not_ready")
+            body = {**error_body("not_ready", "the service is not ready to answer"), "auth": self.keys.mode}
+            return await answer(send, 503, body, {"Retry-After": "1"})
+
+        return readyz
