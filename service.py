@@ -72,6 +72,12 @@ class Predictor:
         gc.collect()
         gc.freeze()
 
+    @bentoml.on_shutdown
+    def close_log(self) -> None:
+        """Flush the outcome counts and close the prediction log when the worker stops."""
+        if _worker and _worker[0].monitor is not None:
+            _worker[0].monitor.close()
+
     async def __is_ready__(self) -> bool:
         """BentoML's /readyz: unready while the prediction log cannot be written."""
         return bool(_worker) and _worker[0].monitor.healthy

@@ -46,7 +46,14 @@ def batch(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
     from pipelines.batch import scoring
 
     rejects = args.rejects or scoring.rejects_path(args.source, args.target)
-    scored, refused = scoring.score_file(root, params, args.source, args.target, rejects, args.chunk_rows)
+    from pipelines.core.errors import ParamsError
+
+    chunk_rows = args.chunk_rows
+    if chunk_rows is None:
+        chunk_rows = (params.get("batch") or {}).get("chunk_rows")
+        if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+            raise ParamsError("batch.chunk_rows in params.yaml must be a positive integer")
+    scored, refused = scoring.score_file(root, params, args.source, args.target, rejects, chunk_rows)
     return f"SCORED {scored} rows -> {args.target}; {refused} refused -> {rejects}"
 
 
@@ -82,7 +89,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     scoring.add_argument("source", help="input table (.csv, .tsv, .parquet; text may end .gz, .bz2, .xz)")
     scoring.add_argument("target", help="output table, any of the input's formats")
     scoring.add_argument("--rejects", help="refused rows (default: beside OUT, x.csv.gz -> x.rejects.csv.gz)")
-    scoring.add_argument("--chunk-rows", type=int, default=50_000, help="rows read and scored at a time")
+    scoring.add_argument(
+        "--chunk-rows", type=int, help="rows read and scored at a time (default: batch.chunk_rows)"
+    )
     add("tracking-uri", tracking_uri, "print the MLflow tracking URI the project uses (for `make ui`)")
     return parser, commands
 

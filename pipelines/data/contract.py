@@ -3,12 +3,16 @@
 Hard rules (dtype, nullability, ranges, the column set, a non-empty table) stop the pipeline.
 Soft rules (allowed categories, a column's share of missing values) carry `raise_warning: true`
 in the YAML and only reach the validation report. Edit that flag to move a rule between the two.
+
+Id columns (`data.ignore`) get a type and nullability but no range and no allowed values: the
+next customer's id lies outside the ids seen so far by design, and no model reads it.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,16 +60,21 @@ def _dtype_name(series: pd.Series) -> str:
     return "str"
 
 
+def _value_checks(dtype: str, values: pd.Series, max_categories: int) -> list[pa.Check]:
+    """What good data says a value may be: a number's range, or a short list of categories."""
+    if dtype in ("int64", "float64") and len(values):
+        return [pa.Check.in_range(_plain(values.min()), _plain(values.max()))]
+    if dtype == "str" and 0 < values.nunique() <= max_categories:
+        return [pa.Check.isin(sorted(map(str, values.unique())), raise_warning=True)]
+    return []
+
+
 def _column_contract(
-    series: pd.Series, *, nullable: bool, max_categories: int, null_tolerance: float
+    series: pd.Series, *, nullable: bool, max_categories: int, null_tolerance: float, is_id: bool = False
 ) -> pa.Column:
     dtype = _dtype_name(series)
-    checks: list[pa.Check] = []
-    values = series.dropna()
-    if dtype in ("int64", "float64") and len(values):
-        checks.append(pa.Check.in_range(_plain(values.min()), _plain(values.max())))
-    elif dtype == "str" and 0 < values.nunique() <= max_categories:
-        checks.append(pa.Check.isin(sorted(map(str, values.unique())), raise_warning=True))
+    # An id gets its type alone (see the module note).
+    checks = [] if is_id else _value_checks(dtype, series.dropna(), max_categories)
     if nullable:
         share = min(1.0, round(float(series.isna().mean()) + null_tolerance, 4))
         checks.append(pa.Check.missing_share_at_most(max_share=share, raise_warning=True, ignore_na=False))
@@ -79,9 +88,15 @@ def _plain(value: object) -> int | float:
 
 
 def infer_contract(
-    frame: pd.DataFrame, target: str, *, max_categories: int, null_tolerance: float
+    frame: pd.DataFrame,
+    target: str,
+    *,
+    max_categories: int,
+    null_tolerance: float,
+    ids: Collection[str] = (),
 ) -> pa.DataFrameSchema:
-    """Infer types, nullability, ranges and allowed categories from good data."""
+    """Infer types, nullability, ranges and allowed categories from good data; for the `ids`
+    columns, types and nullability only."""
     if frame[target].isna().any():
         raise DataError(f"target '{target}' has missing values; a contract needs a complete target")
     columns = {
@@ -90,6 +105,7 @@ def infer_contract(
             nullable=name != target and bool(frame[name].isna().any()),
             max_categories=max_categories,
             null_tolerance=null_tolerance,
+            is_id=name in ids,
         )
         for name in frame.columns
     }
@@ -152,7 +168,7 @@ def null_shares(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def load_or_infer(
-    path: str | Path, frame: pd.DataFrame, target: str, params: dict
+    path: str | Path, frame: pd.DataFrame, target: str, params: dict, ids: Collection[str] = ()
 ) -> tuple[pa.DataFrameSchema, bool]:
     """The committed contract, or one inferred from this (first) data and saved to `path`."""
     if Path(path).exists():
@@ -162,6 +178,7 @@ def load_or_infer(
         target,
         max_categories=params["max_categories"],
         null_tolerance=params["null_tolerance"],
+        ids=ids,
     )
     save_contract(schema, path)
     return schema, True
@@ -191,6 +208,12 @@ def report(result: ValidationResult, frame: pd.DataFrame, contract_path: str, in
     }
 
 
+def _spec_type(column: pa.Column) -> dict:
+    dtype = str(column.dtype).replace("string[pyarrow]", "str")
+    kind = {"int64": "integer", "float64": "number", "bool": "boolean"}.get(dtype, "string")
+    return {"type": kind, "nullable": bool(column.nullable)}
+
+
 def field_specs(schema: pa.DataFrameSchema, columns: list[str]) -> dict[str, dict]:
     """The contract of `columns` as plain JSON: what the service's request schema is built from.
 
@@ -199,9 +222,7 @@ def field_specs(schema: pa.DataFrameSchema, columns: list[str]) -> dict[str, dic
     specs = {}
     for name in columns:
         column = schema.columns[name]
-        dtype = str(column.dtype).replace("string[pyarrow]", "str")
-        kind = {"int64": "integer", "float64": "number", "bool": "boolean"}.get(dtype, "string")
-        spec: dict = {"type": kind, "nullable": bool(column.nullable)}
+        spec = _spec_type(column)
         for check in column.checks:
             stats = check.statistics or {}
             if check.name == "in_range":
@@ -210,3 +231,10 @@ def field_specs(schema: pa.DataFrameSchema, columns: list[str]) -> dict[str, dic
                 spec["allowed"] = list(stats["allowed_values"])
         specs[name] = spec
     return specs
+
+
+def id_specs(schema: pa.DataFrameSchema, columns: list[str]) -> dict[str, dict]:
+    """The id columns' contract as plain JSON: type and nullability only. A range or a list in
+    the contract (one inferred before ids were told apart) is left out: it would refuse every id
+    newer than the data the contract was inferred from."""
+    return {name: _spec_type(schema.columns[name]) for name in columns}

@@ -8,13 +8,21 @@ and through the exact feed the service uses, it gives:
 Otherwise the scikit-learn pipeline serves, and the record says why. The record (parity figures,
 converter versions, reason) goes into the bento model's meta.json and onto the MLflow run.
 
-Two converter gaps are bridged here rather than given up on:
+Parity is checked twice: on the holdout as it is, and on the holdout with each text column in
+turn set to a value no encoder has seen (`unseen_rows`), since a new free-text value is what a
+live record brings and the holdout never does. Both must pass.
+
+Three converter gaps are bridged here rather than given up on:
   - skl2onnx cannot impute text with NaN as the missing marker. Every leading SimpleImputer is
     taken out of the graph and its fitted value goes into the feed (`fill`): the same value
     scikit-learn would have put there.
   - skl2onnx 1.20 writes Python booleans into the integer attribute of tree nodes, which
     protobuf 6+ refuses, so histogram gradient boosting failed to convert. `_int_missing_tracks`
     casts them.
+  - skl2onnx writes `zeros=0` into the ONNX OneHotEncoder unless scikit-learn's encoder says
+    handle_unknown="ignore", so onnxruntime fails the whole call on an unseen category, where
+    scikit-learn's "infrequent_if_exist" scores it. `unknowns_as_sklearn` fixes the graph itself,
+    so the request path pays nothing for it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ from pipelines.modeling import metrics
 from pipelines.serving.runtimes import CompiledRuntime, model_outputs
 
 Converter = Callable[[Any, list[tuple[str, Any]]], bytes]
+
+# Part of the serving spec (`package.serving_spec`): raise it whenever the same model would now
+# compile to another graph or verdict, so `make package` replaces bentos holding the old one.
+# 2: unseen categories scored as scikit-learn scores them, and checked in parity.
+REVISION = 2
 
 
 class NotCompiled(Exception):
@@ -134,7 +147,64 @@ def to_onnx(model: Any, inputs: list[dict[str, Any]]) -> bytes:
     onnx_model = _int_missing_tracks(convert_sklearn)(
         model, initial_types=initial, target_opset=get_latest_tested_opset_version(), options=options or None
     )
+    unknowns_as_sklearn(onnx_model.graph, unknown_policy(model))
     return onnx_model.SerializeToString()
+
+
+# What scikit-learn's OneHotEncoder gives an unseen category, by handle_unknown:
+#   error                       raises (so does the graph as converted: zeros=0);
+#   ignore                      all zeros, the infrequent column included;
+#   infrequent_if_exist, warn   the infrequent column if the feature has one, else all zeros.
+BUCKET_POLICIES = ("infrequent_if_exist", "warn")
+
+
+def unknown_policy(model: Any) -> str:
+    """The one handle_unknown of the model's OneHotEncoders ("error" if there is none, which
+    leaves the graph as converted). The graph's encoder nodes cannot be told apart by the
+    scikit-learn encoder they came from, so mixed policies are not compiled."""
+    policies = {encoder.handle_unknown for encoder in one_hot_encoders(model)}
+    if len(policies) > 1:
+        raise NotCompiled(f"one-hot encoders with different handle_unknown: {sorted(policies)}")
+    return policies.pop() if policies else "error"
+
+
+def unknowns_as_sklearn(graph: Any, policy: str) -> None:
+    """Make every ONNX OneHotEncoder in `graph` treat an unseen category as scikit-learn does.
+
+    Unseen values encode as zeros (`zeros=1`) instead of failing the call. Where skl2onnx sums a
+    feature's infrequent categories into one column (OneHotEncoder -> Split -> ReduceSum over the
+    second part), that column becomes 1 - (sum of the frequent columns) under a bucket policy: 1
+    for a known infrequent value, as before, and now 1 for an unseen one too, as in scikit-learn.
+    """
+    if policy == "error":
+        return
+    import onnx
+    from onnx import helper
+
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in [n for n in graph.node if n.op_type == "OneHotEncoder"]:
+        zeros = next((a for a in node.attribute if a.name == "zeros"), None)
+        if zeros is None:
+            node.attribute.append(helper.make_attribute("zeros", 1))
+        else:
+            zeros.i = 1
+        splits = [c for c in consumers.get(node.output[0], []) if c.op_type == "Split"]
+        if policy not in BUCKET_POLICIES or not splits:
+            continue
+        sums = [c for c in consumers.get(splits[0].output[1], []) if c.op_type == "ReduceSum"]
+        if len(splits) != 1 or len(sums) != 1 or len(splits[0].output) != 2:
+            raise NotCompiled("the one-hot encoder's infrequent column has an unexpected graph shape")
+        reduce_sum, frequent = sums[0], splits[0].output[0]
+        bucket, one = reduce_sum.output[0], f"{reduce_sum.output[0]}_one"
+        reduce_sum.input[0], reduce_sum.output[0] = frequent, f"{bucket}_frequent"
+        graph.initializer.append(helper.make_tensor(one, onnx.TensorProto.FLOAT, [], [1.0]))
+        position = list(graph.node).index(reduce_sum) + 1  # nodes stay in topological order
+        graph.node.insert(
+            position, helper.make_node("Sub", [one, reduce_sum.output[0]], [bucket], name=f"{bucket}_Sub")
+        )
 
 
 def parity(
@@ -189,6 +259,59 @@ def parity(
     return {**figures, "passed": not misses, "misses": misses}
 
 
+def one_hot_encoders(model: Any) -> list[Any]:
+    """The OneHotEncoders inside a Pipeline(ColumnTransformer, estimator)'s branches."""
+    from sklearn.preprocessing import OneHotEncoder
+
+    found = []
+    for _, branch, _ in model[0].transformers_:
+        for step in [s for _, s in branch.steps] if hasattr(branch, "steps") else [branch]:
+            if isinstance(step, OneHotEncoder):
+                found.append(step)
+    return found
+
+
+def unseen_value(model: Any, X: pd.DataFrame) -> str:
+    """A text value that no encoder learned and no holdout row holds."""
+    taken = {str(v) for e in one_hot_encoders(model) for values in e.categories_ for v in values}
+    taken.update(str(v) for column in X.columns for v in X[column].dropna().unique())
+    value = "<never seen>"
+    while value in taken:
+        value += "!"
+    return value
+
+
+def unseen_rows(
+    X: pd.DataFrame, y: pd.Series, columns: list[str], value: str
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The holdout once per text column, with that column set to `value`: every row meets an
+    unseen category in each column, one column at a time, as a live record would."""
+    frames = [X.assign(**{column: value}) for column in columns]
+    return pd.concat(frames, ignore_index=True), pd.concat([y] * len(columns), ignore_index=True)
+
+
+def scored(path: CompiledRuntime, model: Any, X: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """(compiled scores through the service's request feed, scikit-learn's scores) of `X`."""
+    import json
+
+    # The exact records the service would receive: through JSON, missing values as null.
+    records = json.loads(X.to_json(orient="records"))
+    try:
+        served = path.run(path.record_feeds(records))
+        batched = path.run(path.frame_feeds(X))
+    except Exception as exc:
+        raise NotCompiled(
+            f"onnxruntime could not run it: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    if not np.array_equal(served, batched):
+        raise NotCompiled("the batch feed and the request feed disagree")
+    try:
+        reference = model_outputs(model, X, task)
+    except ValueError as exc:
+        raise NotCompiled(f"scikit-learn cannot score it: {str(exc).splitlines()[0][:300]}") from None
+    return served, reference
+
+
 def compile_model(
     model: Any,
     holdout: pd.DataFrame,
@@ -201,36 +324,38 @@ def compile_model(
     convert: Converter = to_onnx,
 ) -> tuple[bytes | None, dict[str, Any]]:
     """(the verified ONNX graph or None, the record of what was tried and measured)."""
-    import json
-
     record: dict[str, Any] = {"runtime": "sklearn", "reason": None, "bounds": bounds, "versions": versions()}
     features = list(model.feature_names_in_)
     X, y = holdout[features], holdout[target]
-    # The exact records the service would receive: through JSON, missing values as null.
-    records = json.loads(X.to_json(orient="records"))
+    classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
     try:
         stripped, fills = without_imputers(model)
         inputs = graph_inputs(X, features, fills)
         try:
             onnx_bytes = convert(stripped, inputs)
+        except NotCompiled:
+            raise
         except Exception as exc:  # the converter's own errors are many and unlisted
             raise NotCompiled(
                 f"conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             ) from None
         try:
             path = CompiledRuntime(onnx_bytes, inputs, task)
-            served = path.run(path.record_feeds(records))
-            batched = path.run(path.frame_feeds(X))
         except Exception as exc:
             raise NotCompiled(
-                f"onnxruntime could not run it: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                f"onnxruntime could not load it: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             ) from None
-        if not np.array_equal(served, batched):
-            raise NotCompiled("the batch feed and the request feed disagree")
-        reference = model_outputs(model, X, task)
-        classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
-        figures = parity(task, y, reference, served, classes, positive, metric, bounds)
+        figures = parity(task, y, *scored(path, model, X, task), classes, positive, metric, bounds)
         record["parity"] = figures
+        text = [i["name"] for i in inputs if i["type"] == "string"]
+        if text:
+            value = unseen_value(model, X)
+            X_unseen, y_unseen = unseen_rows(X, y, text, value)
+            served, reference = scored(path, model, X_unseen, task)
+            unseen = parity(task, y_unseen, reference, served, classes, positive, metric, bounds)
+            figures["unseen"] = {**unseen, "columns": text}
+            figures["misses"] = figures["misses"] + [f"with unseen values: {m}" for m in unseen["misses"]]
+            figures["passed"] = figures["passed"] and unseen["passed"]
         if not figures["passed"]:
             raise NotCompiled("parity missed: " + "; ".join(figures["misses"]))
     except NotCompiled as exc:

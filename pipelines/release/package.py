@@ -48,7 +48,7 @@ def request_fields(params: dict) -> tuple[dict[str, dict], dict[str, dict]]:
     data = params["data"]
     ignore = list(data.get("ignore") or [])
     features = [c for c in schema.columns if c != data["target"] and c not in ignore]
-    return contract.field_specs(schema, features), contract.field_specs(schema, ignore)
+    return contract.field_specs(schema, features), contract.id_specs(schema, ignore)
 
 
 def model_meta(version: Any, run: Any, positive: Any, params: dict) -> dict[str, Any]:
@@ -125,7 +125,9 @@ def record_compilation(client: Any, version: Any, record: dict, onnx_file: Path)
 
 def serving_spec(params: dict) -> str:
     """A hash of everything packaged beside the model: a contract, limit, compile or service
-    setting change repackages the same champion."""
+    setting change repackages the same champion. So does a new `compilation.REVISION`."""
+    from pipelines.release import compilation
+
     return runs.params_hash(
         [
             request_fields(params),
@@ -133,6 +135,7 @@ def serving_spec(params: dict) -> str:
             params["data"]["target"],
             params["serving"].get("compile"),
             params["serving"].get("parity"),
+            compilation.REVISION,
             *(params["serving"].get(k) for k in SERVICE_KEYS),
         ]
     )

@@ -275,12 +275,6 @@ def test_batch_and_the_service_refuse_exactly_the_hand_written_cases(packaged, s
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug outside batch: the compiled ONNX OneHotEncoder fails on a category it has not "
-    "seen ('Unknown Category and zeros = 0'), so a new free-text value fails the run (batch) or "
-    "answers 500 (service); scikit-learn's encoder would score it",
-)
 def test_an_unseen_free_text_value_is_scored(packaged, tmp_path):
     _, _, model_dir = packaged
     frame = pd.DataFrame([{**BASE, "note": "never seen"}])

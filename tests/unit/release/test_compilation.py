@@ -86,6 +86,10 @@ def test_every_default_candidate_compiles_and_matches(default_data, candidate):
     assert record["parity"]["rows"] == len(holdout)
     assert record["parity"]["label_agreement"] >= BOUNDS["min_label_agreement"]
     assert record["parity"]["metric_delta"] <= BOUNDS["max_metric_delta"]
+    # and again with each text column in turn holding a value the model never saw
+    text = [c for c in model.feature_names_in_ if not pd.api.types.is_numeric_dtype(holdout[c])]
+    unseen = record["parity"]["unseen"]
+    assert unseen["passed"] and unseen["columns"] == text and unseen["rows"] == len(text) * len(holdout)
     assert set(record["versions"]) >= {"skl2onnx", "onnx", "onnxruntime"}
 
     # The served answer, records in, equals the scikit-learn champion's within the bounds.
@@ -219,3 +223,160 @@ def test_the_runtime_is_named_by_the_one_that_answers():
     assert loaded.runtime == "onnx"
     assert replace(loaded, compiled=None).runtime == "sklearn-frame"
     assert replace(loaded, compiled=None, arrays=runtimes.array_runtime(model)).runtime == "sklearn-arrays"
+
+
+# An unseen category: what a live record brings and no holdout row holds. scikit-learn's
+# OneHotEncoder(handle_unknown="infrequent_if_exist") scores it, as all zeros or, when the feature
+# has infrequent categories, in their column; the compiled graph must answer the same.
+NOTES = [f"note{i:02d}" for i in range(40)]  # 4 common, 36 rare
+
+
+def frame_with_notes(n, seed):
+    """make_frame plus a text column whose rare values go with "yes": the infrequent column
+    carries real weight, so encoding an unseen value as zeros instead moves the answer."""
+    rng = np.random.default_rng(seed + 50)
+    frame = make_frame(n, seed)
+    note = rng.choice(NOTES, size=n, p=np.r_[np.full(4, 0.15), np.full(36, 0.4 / 36)])
+    rare = ~np.isin(note, NOTES[:4])
+    logit = 2 * frame["x1"] + np.where(rare, 2.5, -1.5)
+    label = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    return frame.assign(note=note, label=label)
+
+
+NOTED = frame_with_notes(1500, 1), frame_with_notes(400, 2)  # train, holdout
+
+
+def noted_model(max_categories):
+    X, y = splitting.features_and_target(NOTED[0], "label", ["id"])
+    model = models.build_pipeline(
+        "cand",
+        {"model": "logistic_regression"},
+        features=X,
+        feature_params={"max_categories": max_categories},
+        task="classification",
+        seed=0,
+    )
+    return model.fit(X, y)
+
+
+def compile_noted(model, **options):
+    return compilation.compile_model(
+        model,
+        NOTED[1],
+        target="label",
+        task="classification",
+        positive="yes",
+        metric="roc_auc",
+        bounds=BOUNDS,
+        **options,
+    )
+
+
+def infrequent(model, column):
+    """The known values of `column` that share the infrequent column (scikit-learn's public names)."""
+    names = set(model[0].get_feature_names_out())
+    if f"{column}_infrequent_sklearn" not in names:
+        return []
+    _, branch, columns = next(t for t in model[0].transformers_ if t[0] == "categorical")
+    known = branch[-1].categories_[list(columns).index(column)]
+    return [value for value in known if f"{column}_{value}" not in names]
+
+
+@pytest.mark.parametrize("max_categories", [None, 4])
+def test_an_unseen_category_is_scored_as_scikit_learn_scores_it(max_categories):
+    model = noted_model(max_categories)
+    # The premise: with max_categories=4 the rare notes share one infrequent column, and
+    # scikit-learn puts an unseen note there too; without it, an unseen note is all zeros.
+    holdout = NOTED[1]
+    features = list(model.feature_names_in_)
+    unseen = holdout[features].assign(note="a note nobody wrote", color="purple")
+    encoded = model[0].transform(unseen.head(1))
+    if max_categories:
+        assert infrequent(model, "note") and not infrequent(model, "color")
+        known_rare = model[0].transform(unseen.head(1).assign(note=infrequent(model, "note")[0]))
+        assert np.array_equal(encoded[:, -1], known_rare[:, -1]) and encoded[0, -1] == 1
+    else:
+        assert not infrequent(model, "note")
+    onnx_bytes, record = compile_noted(model)
+    assert record["runtime"] == "onnx", record["reason"]
+    checked = record["parity"]["unseen"]
+    assert checked["passed"] and checked["columns"] == ["color", "note"]
+    assert checked["rows"] == 2 * len(holdout)
+
+    # Through the service's own path, records in: the same answers as scikit-learn's pipeline.
+    loaded = loaded_model(model, onnx_bytes, record, "classification")
+    for column in ("note", "color"):
+        frame = holdout[features].assign(**{column: "a note nobody wrote"})
+        labels, probabilities = answers.answer(loaded, holdout_records(frame, features))
+        served = np.array([[p[str(c)] for c in loaded.classes] for p in probabilities])
+        assert np.allclose(served, model.predict_proba(frame), atol=1e-5)
+        assert labels == list(model.predict(frame))
+        batch_labels, _ = answers.answer_frame(loaded, frame)
+        assert batch_labels == labels
+
+
+def test_a_graph_that_fails_on_an_unseen_category_is_never_served(monkeypatch):
+    """The graph as skl2onnx writes it (zeros=0): the holdout alone passes, the unseen rows fail."""
+    monkeypatch.setattr(compilation, "unknown_policy", lambda model: "error")
+    onnx_bytes, record = compile_noted(noted_model(None))
+    assert onnx_bytes is None and record["runtime"] == "sklearn"
+    assert record["parity"]["passed"] is True  # the plain holdout: every category is known
+    assert (
+        record["reason"].startswith("onnxruntime could not run it") and "Unknown Category" in record["reason"]
+    )
+
+
+def test_a_graph_that_leaves_unseen_values_out_of_the_infrequent_column_is_never_served(monkeypatch):
+    """zeros=1 alone scores an unseen note as all zeros, where scikit-learn puts it among the
+    rare notes, which here mostly mean "yes": parity on the unseen rows must catch it."""
+    monkeypatch.setattr(compilation, "unknown_policy", lambda model: "ignore")
+    onnx_bytes, record = compile_noted(noted_model(4))
+    assert onnx_bytes is None and record["runtime"] == "sklearn"
+    assert record["reason"].startswith("parity missed: with unseen values: labels agree")
+    assert not record["parity"]["unseen"]["passed"] and record["parity"]["label_agreement"] == 1.0
+
+
+def test_a_lone_text_column_with_infrequent_categories_is_not_compiled():
+    """skl2onnx converts infrequent categories only when the encoder has several inputs: with one
+    text column it refuses, and scikit-learn serves with the converter's reason."""
+    X, y = splitting.features_and_target(NOTED[0].drop(columns="color"), "label", ["id"])
+    model = models.build_pipeline(
+        "cand", {"model": "logistic_regression"}, features=X, feature_params={"max_categories": 4},
+        task="classification", seed=0,
+    ).fit(X, y)  # fmt: skip
+    onnx_bytes, record = compile_noted(model)
+    assert onnx_bytes is None and record["runtime"] == "sklearn"
+    assert record["reason"].startswith("conversion failed: NotImplementedError: Infrequent categories")
+
+
+def test_encoders_that_treat_unseen_values_differently_are_not_compiled():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    X, y = splitting.features_and_target(NOTED[0], "label", ["id"])
+    mixed = ColumnTransformer(
+        [
+            ("color", OneHotEncoder(handle_unknown="ignore"), ["color"]),
+            ("note", OneHotEncoder(handle_unknown="infrequent_if_exist"), ["note"]),
+        ]
+    )
+    from sklearn.pipeline import Pipeline
+
+    model = Pipeline([("pre", mixed), ("model", LogisticRegression())]).fit(X[["color", "note"]], y)
+    onnx_bytes, record = compile_noted(model)
+    assert onnx_bytes is None
+    assert (
+        record["reason"]
+        == "one-hot encoders with different handle_unknown: ['ignore', 'infrequent_if_exist']"
+    )
+
+
+def test_a_new_compiler_revision_repackages_the_same_champion(monkeypatch):
+    """A bento holding a graph compiled before a fix (here: unseen categories) is not reused."""
+    from pipelines.release import package
+
+    params = {**PARAMS, "paths": {**PARAMS["paths"], "contract": str(REPO / PARAMS["paths"]["contract"])}}
+    before = package.serving_spec(params)
+    assert package.serving_spec(params) == before
+    monkeypatch.setattr(compilation, "REVISION", compilation.REVISION + 1)
+    assert package.serving_spec(params) != before
