@@ -44,10 +44,9 @@ def package(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str
 
 def batch(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
     from pipelines.batch import scoring
-
-    rejects = args.rejects or scoring.rejects_path(args.source, args.target)
     from pipelines.core.errors import ParamsError
 
+    rejects = args.rejects or scoring.rejects_path(args.source, args.target)
     chunk_rows = args.chunk_rows
     if chunk_rows is None:
         chunk_rows = (params.get("batch") or {}).get("chunk_rows")

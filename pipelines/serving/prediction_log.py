@@ -66,6 +66,7 @@ class Policy:
     fsync_interval_s: float = 1.0
     outcome_interval_s: float = 60.0  # one outcomes line per worker per window with requests
     reopen_check_s: float = 1.0  # how often to check that the file was not renamed or removed
+    min_free_bytes: int = 16 * 2**20  # below this much free space on the log's disk, not ready
 
     @classmethod
     def from_mapping(cls, policy: Mapping[str, Any] | None) -> Policy:
@@ -96,6 +97,7 @@ def _checked(key: str, value: Any) -> Any:
         "fsync_interval_s": (number and value > 0, "a number of seconds above 0"),
         "outcome_interval_s": (number and value > 0, "a number of seconds above 0"),
         "reopen_check_s": (number and value >= 0, "a number of seconds, 0 or more"),
+        "min_free_bytes": (integer and value >= 0, "an integer of bytes, 0 or more"),
     }
     valid, rule = rules[key]
     if not valid:
@@ -374,11 +376,21 @@ class PredictionLog:
     @property
     def healthy(self) -> bool:
         """False after a failed write until a later write succeeds: a request's, or a probe's
-        (one per PROBE_EVERY_S, when asked), so an instance taken out of rotation can recover."""
+        (one per PROBE_EVERY_S, when asked), so an instance taken out of rotation can recover.
+        Also False while the log's disk has less than `min_free_bytes` free: every worker of a
+        service then turns unready together, before its writes fail, not only the one whose
+        write failed first."""
         if not self._healthy and not self._closed and time.monotonic() >= self._next_probe:
             self._next_probe = time.monotonic() + PROBE_EVERY_S
             self._healthy = self._probe()
-        return self._healthy
+        return self._healthy and self._room()
+
+    def _room(self) -> bool:
+        try:
+            disk = os.statvfs(self.folder)
+        except OSError:
+            return False
+        return disk.f_bavail * disk.f_frsize >= self.policy.min_free_bytes
 
     def close(self) -> None:
         """Writes the pending outcome counts, syncs (unless fsync is `none`) and closes the file."""

@@ -6,6 +6,7 @@ refusal path can be reached cheaply. Nothing is mocked.
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -574,6 +575,73 @@ def test_every_answered_prediction_is_logged_once_across_a_restart(packaged, tmp
         # The logged latency is the service's part of what the client measured around the call.
         assert all(0 < r["latency_ms"] <= round_trips[request_id] for r in logged)
         assert all({"x1", "x2", "color"} <= set(r["inputs"]) and "yes" in r["probabilities"] for r in logged)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 MB tmpfs for the prediction log: a disk that really fills (needs root to mount)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(folder)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("this machine cannot mount a tmpfs")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+def test_the_log_is_private_follows_a_rename_and_a_full_disk_is_503_and_unready(packaged, small_disk):
+    root, record, records = packaged
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)]
+    proc = serve(cmd, root, server_env(record, small_disk, API_KEY=KEY), port)
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    try:
+        for _ in range(4):
+            assert client.post("/predict", json={"records": records[:2]}).status_code == 200
+        files = sorted((small_disk / "predictions").glob("predictions.*.jsonl"))
+        assert files
+        for path in [small_disk / "predictions", *files]:
+            mode = path.stat().st_mode & 0o777
+            assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+        # As logrotate does: rename the files away; new lines must go to fresh files at the path.
+        for path in files:
+            path.rename(path.with_name(path.name + ".1"))
+        time.sleep(1.5)  # params.yaml: reopen_check_s is 1.0
+        for _ in range(6):
+            assert client.post("/predict", json={"records": records[:1]}).status_code == 200
+        fresh = sorted((small_disk / "predictions").glob("predictions.*.jsonl"))
+        assert sum(len(p.read_text().splitlines()) for p in fresh) == 6
+        # Fill the disk: whole requests are refused with 503, never 200 or 500, and /readyz is
+        # unready in every worker (free space under serving.prediction_log.min_free_bytes).
+        filler = small_disk / "filler"
+        with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):
+            while True:  # unbuffered: the write that finds the disk full raises here, not at close
+                handle.write(b"\0" * 4096)
+        answers = [client.post("/predict", json={"records": records[:40]}) for _ in range(5)]
+        assert [a.status_code for a in answers] == [503] * 5
+        assert all(a.json()["error"] == "log_unavailable" for a in answers)
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+        filler.unlink()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "/readyz never recovered after room was made"
+            time.sleep(0.3)
+        assert client.post("/predict", json={"records": records[:3]}).status_code == 200
+    finally:
+        client.close()
+        stop(proc)
+    for path in (small_disk / "predictions").iterdir():
+        for line in path.read_bytes().splitlines():
+            json.loads(line)  # every line whole: a torn write was cut back
+    counts = [
+        json.loads(line)
+        for p in (small_disk / "outcomes").glob("*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
+    assert sum(c["counts"].get("log_unavailable", 0) for c in counts) == 5
 
 
 def test_sigterm_lets_in_flight_requests_finish(packaged, tmp_path):

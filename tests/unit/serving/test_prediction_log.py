@@ -466,7 +466,7 @@ def test_a_real_full_filesystem_refuses_whole_requests_and_recovers_when_room_is
     monkeypatch.setattr(prediction_log, "PROBE_EVERY_S", 0.0)
     filler = tiny_tmpfs / "filler"
     filler.write_bytes(b"\0" * 16384)
-    log = PredictionLog(tiny_tmpfs, 0, {"outcome_interval_s": 3600})
+    log = PredictionLog(tiny_tmpfs, 0, {"outcome_interval_s": 3600, "min_free_bytes": 0})
     answered, refused = [], 0
     for i in range(400):
         try:
@@ -830,3 +830,26 @@ def test_a_failed_fsync_every_write_takes_the_request_back_out(tmp_path, monkeyp
         one(log, "unsynced", 3)
     assert not log.healthy
     assert [e["request_id"] for e in read_lines(log_file(tmp_path))] == ["kept"]
+
+
+def test_too_little_free_space_makes_every_log_on_the_disk_unready_before_a_write_fails(
+    tmp_path, monkeypatch
+):
+    logs = [PredictionLog(tmp_path, worker, {"min_free_bytes": 1_000_000}) for worker in (0, 1)]
+    real = os.statvfs
+    free_blocks = {"n": 10_000}  # blocks of 4096 bytes: 41 MB free
+
+    class Disk:
+        def __init__(self, path):
+            self.f_frsize = 4096
+            self.f_bavail = free_blocks["n"]
+            self.real = real(path)
+
+    monkeypatch.setattr(os, "statvfs", Disk)
+    assert all(log.healthy for log in logs)
+    free_blocks["n"] = 200  # 819,200 bytes free: under the policy's 1,000,000
+    assert not any(log.healthy for log in logs)  # neither worker has failed a write yet
+    free_blocks["n"] = 245  # 1,003,520 bytes
+    assert all(log.healthy for log in logs)
+    for log in logs:
+        log.close()
