@@ -84,7 +84,9 @@ def package_project(root, params, repo, limits=None, compile=None):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(repo / name, root / name)
     # The project's own serving settings (compile, parity, workers, ...), with a store and limits here.
-    settings = yaml.safe_load((repo / "params.yaml").read_text())["serving"]
+    project_params = yaml.safe_load((repo / "params.yaml").read_text())
+    settings = project_params["serving"]
+    params["batch"] = project_params["batch"]
     params["serving"] = {
         **settings,
         "bentoml_home": None,  # BentoML's own default: ~/bentoml, with HOME set to `root` below
