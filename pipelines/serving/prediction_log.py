@@ -12,47 +12,44 @@ packaged into meta.json's `service`; docs/serving.md ("Prediction log") explains
 
 from __future__ import annotations
 
-import atexit
 import errno
-import gzip
 import logging
 import math
 import os
 import queue
 import re
-import shutil
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic_core import to_json
+from pipelines.serving.log_files import (
+    ROTATED,
+    TornLine,
+    close_at_exit,
+    compress,
+    open_private,
+    private_dir,
+    prune,
+    run_background,
+    write_whole,
+)
+from pipelines.serving.log_lines import Outcomes, encode
 
 log = logging.getLogger("tabular_mlops.prediction_log")
 
-FILE_MODE = 0o600  # the lines hold raw inputs: owner only, whatever the umask
-DIR_MODE = 0o700
 FSYNC_MODES = ("none", "interval", "every_write")
-GZIP_LEVEL = 1  # measured on these lines: 8.6x smaller at 81 MB/s (level 6: 12.9x at 33 MB/s)
 CLOSE_WAIT_S = 10.0  # close() waits this long for a rotated file's compression to finish
 PROBE_EVERY_S = 1.0  # an unhealthy log tries a probe write at most this often, when asked
 WORKER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-ROTATED = re.compile(
-    r"predictions\.(?P<worker>[A-Za-z0-9_-]{1,64})\.(?P<stamp>\d{8}T\d{12}Z)\.jsonl(?:\.gz)?"
-)
 
 
 class LogUnavailable(Exception):
     """The log could not take a request's lines whole: the request must not be answered as ok."""
-
-
-class TornLine(OSError):
-    """A short write could neither be finished nor cut back: the file ends inside a line."""
 
 
 @dataclass(frozen=True)
@@ -105,185 +102,6 @@ def _checked(key: str, value: Any) -> Any:
     return float(value) if key.endswith("_s") else value
 
 
-def encode(
-    request_id: str,
-    version: str,
-    rows: Sequence[Mapping[str, Any]],
-    predictions: Sequence[Any],
-    probabilities: Sequence[Mapping[str, float]] | None,
-    latency_ms: float,
-) -> bytes:
-    """A request's lines, each ending in a newline. The inputs sit under `inputs`, so a feature
-    named `timestamp` or `request_id` cannot replace the log's own fields."""
-    if len(predictions) != len(rows) or (probabilities is not None and len(probabilities) != len(rows)):
-        raise ValueError("rows, predictions and probabilities differ in length")
-    stamp = datetime.now(UTC).isoformat()
-    latency = round(latency_ms, 3)
-    lines = []
-    for index, (row, prediction) in enumerate(zip(rows, predictions, strict=True)):
-        entry = {
-            "request_id": request_id,
-            "record": index,
-            "timestamp": stamp,
-            "model_version": version,
-            "latency_ms": latency,
-            "inputs": row,
-            "prediction": prediction,
-        }
-        if probabilities is not None:
-            entry["probabilities"] = probabilities[index]
-        lines.append(to_json(entry))
-    lines.append(b"")
-    return b"\n".join(lines)
-
-
-def private_dir(path: Path) -> Path:
-    """`path` (and missing parents) created, and `path` itself set to 0700 whatever the umask."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, DIR_MODE)
-    return path
-
-
-def open_private(path: Path, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT) -> int:
-    """An fd on `path`, which is 0600 afterwards even if it existed with wider rights."""
-    fd = os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def write_whole(fd: int, data: bytes) -> None:
-    """All of `data` appended, or none of it.
-
-    Normally one os.write. A short write (a nearly full disk, a signal) is retried from where it
-    stopped; if the rest cannot be written, the file is cut back to where this call began, so a
-    reader never meets a torn line. ftruncate needs no free space, and the offset is ours because
-    each worker is its file's only writer. Raises OSError when nothing could be kept.
-    """
-    written = os.write(fd, data)
-    if written == len(data):
-        return
-    # O_APPEND leaves the offset at the end of what this call wrote.
-    start = os.lseek(fd, 0, os.SEEK_CUR) - written
-    try:
-        view = memoryview(data)[written:]
-        while view:
-            step = os.write(fd, view)
-            if step <= 0:
-                raise OSError(errno.ENOSPC, "the write made no progress")
-            view = view[step:]
-    except OSError as failure:
-        try:
-            os.ftruncate(fd, start)
-        except OSError as exc:
-            raise TornLine(exc.errno, "a short write could not be cut back") from failure
-        raise
-
-
-def rotated_files(folder: Path) -> list[tuple[str, str, Path]]:
-    """(stamp, worker, path) of every rotated file in the folder, compressed or not."""
-    found = []
-    for path in folder.iterdir():
-        match = ROTATED.fullmatch(path.name)
-        if match:
-            found.append((match["stamp"], match["worker"], path))
-    return found
-
-
-def prune(folder: Path, keep: int) -> list[Path]:
-    """Deletes the oldest rotated files beyond `keep` (all workers together); returns them.
-
-    Two workers may prune at once: each deletes the oldest of what it sees beyond `keep`, and a
-    file the other already deleted is skipped, so together they never go below `keep`.
-    """
-    rotations: dict[tuple[str, str], list[Path]] = {}  # a file and its .gz count once
-    for stamp, worker, path in rotated_files(folder):
-        rotations.setdefault((stamp, worker), []).append(path)
-    doomed = [path for key in sorted(rotations)[: max(len(rotations) - keep, 0)] for path in rotations[key]]
-    for path in doomed:
-        path.unlink(missing_ok=True)
-    return doomed
-
-
-def compress(path: Path) -> Path:
-    """`path` gzipped to `path.gz` (0600) through a temporary file; the original is then removed."""
-    target = path.with_name(path.name + ".gz")
-    partial = path.with_name(path.name + ".gz.tmp")
-    try:
-        with (
-            open(path, "rb") as source,
-            os.fdopen(open_private(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as raw,
-            gzip.GzipFile(
-                filename=path.name, mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0
-            ) as packed,
-        ):
-            shutil.copyfileobj(source, packed, 1 << 20)
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    path.unlink(missing_ok=True)  # another worker's prune may have taken it meanwhile
-    return target
-
-
-class Outcomes:
-    """Requests counted by outcome (ok, unauthorized, overloaded, log_unavailable, …), never their
-    inputs: one line per aligned window that had requests, so monitoring can compute error rates.
-
-    A window's line is written when the first request of a later window arrives, at close, and at
-    exit: one small write a window, none on the hot path otherwise.
-    """
-
-    def __init__(self, path: Path, worker: str, interval_s: float) -> None:
-        self.path = path
-        self.worker = worker
-        self.interval_s = interval_s
-        self._window: int | None = None
-        self._counts: dict[str, int] = {}
-        self._unwritten: deque[bytes] = deque(maxlen=10_000)  # kept while the disk refuses them
-
-    def count(self, kind: str) -> None:
-        window = int(time.time() // self.interval_s)
-        if window != self._window:
-            self.flush()
-            self._window = window
-        # Kinds come from our code; the guard only keeps a typo from making unbounded keys.
-        if not (len(kind) <= 40 and kind.isidentifier()):
-            kind = "other"
-        self._counts[kind] = self._counts.get(kind, 0) + 1
-
-    def flush(self) -> None:
-        if self._counts and self._window is not None:
-            start = datetime.fromtimestamp(self._window * self.interval_s, UTC).isoformat()
-            line = {
-                "worker": self.worker,
-                "window_start": start,
-                "window_s": self.interval_s,
-                "counts": self._counts,
-            }
-            self._unwritten.append(to_json(line) + b"\n")
-            self._counts = {}
-        if not self._unwritten:
-            return
-        try:
-            private_dir(self.path.parent)
-            fd = open_private(self.path)  # opened per window: a renamed file is simply left behind
-            try:
-                write_whole(fd, b"".join(self._unwritten))
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.warning(
-                "outcome counts not written yet (%s): kept for the next window",
-                errno.errorcode.get(exc.errno, exc),
-            )
-            return
-        self._unwritten.clear()
-
-
 class PredictionLog:
     """Append-only JSON lines, one per answered record, written before the answer is sent.
 
@@ -329,14 +147,14 @@ class PredictionLog:
             raise LogUnavailable(f"cannot open the prediction log in {self.folder}: {exc.strerror}") from exc
         self._jobs: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
-            target=_background,
+            target=run_background,
             args=(weakref.ref(self), self._jobs),
             daemon=True,
             name=f"prediction-log-{self.worker}",
         )
         self._thread.start()
         self._resume_unfinished_rotations()
-        _remember(self)
+        close_at_exit(self)
 
     def __call__(
         self,
@@ -508,46 +326,3 @@ class PredictionLog:
                 # The kernel may have dropped the dirty pages: treat it like a failed write.
                 self._healthy = False
                 log.error("prediction log fsync failed: %s", exc.strerror)
-
-
-def _background(ref: weakref.ref[PredictionLog], jobs: queue.SimpleQueue[Path | None]) -> None:
-    """Runs until the log is closed or collected: compresses and prunes rotated files as they
-    come, and with `fsync: interval` syncs the file every `fsync_interval_s`, off the request path."""
-    while True:
-        current = ref()
-        if current is None:
-            return
-        wait = current.policy.fsync_interval_s if current.policy.fsync == "interval" else 5.0
-        del current  # hold no reference while waiting, so an unused log can be collected
-        try:
-            job = jobs.get(timeout=wait)
-        except queue.Empty:  # a tick: time to sync
-            job, stop = None, False
-        else:
-            stop = job is None  # close() asks the thread to stop; the jobs before it are done
-        current = ref()
-        if current is None or stop:
-            return
-        try:
-            current._maintain(job)
-        except Exception:  # the thread must outlive any one failure
-            log.exception("prediction log maintenance failed")
-        del current
-
-
-_open_logs: weakref.WeakSet[PredictionLog] = weakref.WeakSet()
-_exit_hook = False
-
-
-def _remember(prediction_log: PredictionLog) -> None:
-    """Registers the log to be closed at exit, so the last outcome window is written."""
-    global _exit_hook
-    _open_logs.add(prediction_log)
-    if not _exit_hook:
-        atexit.register(_close_all)
-        _exit_hook = True
-
-
-def _close_all() -> None:
-    for prediction_log in list(_open_logs):
-        prediction_log.close()

@@ -1,4 +1,4 @@
-"""pipelines/serving/prediction_log.py: whole JSON lines per answered record, one file per worker,
+"""pipelines/serving/prediction_log.py (with log_files.py and log_lines.py): whole JSON lines per answered record, one file per worker,
 rotated, retained, private; refused requests as counts.
 
 Faults are injected at the OS boundary (os.write, os.ftruncate, os.fdatasync) and, as root, on a
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.serving import prediction_log
-from pipelines.serving.prediction_log import LogUnavailable, PredictionLog, prune
+from pipelines.serving import log_files, log_lines, prediction_log
+from pipelines.serving.log_files import prune
+from pipelines.serving.prediction_log import LogUnavailable, PredictionLog
 
 ROOT = Path(__file__).resolve().parents[3]
 WAIT = 5.0  # seconds for the background thread; a hang fails instead of stalling the suite
@@ -540,7 +541,7 @@ def finish(log):
 
 
 def rotated(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if prediction_log.ROTATED.fullmatch(p.name))
+    return sorted(p for p in folder.iterdir() if log_files.ROTATED.fullmatch(p.name))
 
 
 def test_past_max_bytes_the_file_is_rotated_compressed_and_every_line_kept_once(tmp_path):
@@ -594,7 +595,7 @@ def test_prune_counts_a_rotation_once_and_never_touches_active_files(tmp_path):
 PRUNER = """
 import sys, time
 from pathlib import Path
-from pipelines.serving.prediction_log import prune
+from pipelines.serving.log_files import prune
 start = float(sys.argv[2])
 while time.time() < start:  # all pruners start together
     pass
@@ -749,18 +750,18 @@ def test_outcome_counts_that_cannot_be_written_are_kept_for_the_next_window(tmp_
     clock = [1_700_000_000.0]
     monkeypatch.setattr(prediction_log.time, "time", lambda: clock[0])
     log = PredictionLog(tmp_path, 0, {"outcome_interval_s": 60})
-    real_open = prediction_log.open_private
+    real_open = log_lines.open_private
 
     def refuse_outcomes(path, *args):
         if "outcomes" in str(path):
             raise OSError(28, "No space left on device")
         return real_open(path, *args)
 
-    monkeypatch.setattr(prediction_log, "open_private", refuse_outcomes)
+    monkeypatch.setattr(log_lines, "open_private", refuse_outcomes)
     log.outcome("unauthorized")
     clock[0] += 60
     log.outcome("invalid")  # the first window's line cannot be written: kept
-    monkeypatch.setattr(prediction_log, "open_private", real_open)
+    monkeypatch.setattr(log_lines, "open_private", real_open)
     clock[0] += 60
     log.outcome("overloaded")
     lines = read_lines(tmp_path / "outcomes" / "outcomes.0.jsonl")

@@ -1,0 +1,107 @@
+"""What the prediction log's lines hold: a request's records (`encode`), and the requests counted by
+outcome (`Outcomes`), which never hold inputs."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic_core import to_json
+
+from pipelines.serving.log_files import open_private, private_dir, write_whole
+
+log = logging.getLogger("tabular_mlops.prediction_log")  # one logger for the whole prediction log
+
+
+def encode(
+    request_id: str,
+    version: str,
+    rows: Sequence[Mapping[str, Any]],
+    predictions: Sequence[Any],
+    probabilities: Sequence[Mapping[str, float]] | None,
+    latency_ms: float,
+) -> bytes:
+    """A request's lines, each ending in a newline. The inputs sit under `inputs`, so a feature
+    named `timestamp` or `request_id` cannot replace the log's own fields."""
+    if len(predictions) != len(rows) or (probabilities is not None and len(probabilities) != len(rows)):
+        raise ValueError("rows, predictions and probabilities differ in length")
+    stamp = datetime.now(UTC).isoformat()
+    latency = round(latency_ms, 3)
+    lines = []
+    for index, (row, prediction) in enumerate(zip(rows, predictions, strict=True)):
+        entry = {
+            "request_id": request_id,
+            "record": index,
+            "timestamp": stamp,
+            "model_version": version,
+            "latency_ms": latency,
+            "inputs": row,
+            "prediction": prediction,
+        }
+        if probabilities is not None:
+            entry["probabilities"] = probabilities[index]
+        lines.append(to_json(entry))
+    lines.append(b"")
+    return b"\n".join(lines)
+
+
+class Outcomes:
+    """Requests counted by outcome (ok, unauthorized, overloaded, log_unavailable, …), never their
+    inputs: one line per aligned window that had requests, so monitoring can compute error rates.
+
+    A window's line is written when the first request of a later window arrives, at close, and at
+    exit: one small write a window, none on the hot path otherwise.
+    """
+
+    def __init__(self, path: Path, worker: str, interval_s: float) -> None:
+        self.path = path
+        self.worker = worker
+        self.interval_s = interval_s
+        self._window: int | None = None
+        self._counts: dict[str, int] = {}
+        self._unwritten: deque[bytes] = deque(maxlen=10_000)  # kept while the disk refuses them
+
+    def count(self, kind: str) -> None:
+        window = int(time.time() // self.interval_s)
+        if window != self._window:
+            self.flush()
+            self._window = window
+        # Kinds come from our code; the guard only keeps a typo from making unbounded keys.
+        if not (len(kind) <= 40 and kind.isidentifier()):
+            kind = "other"
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+
+    def flush(self) -> None:
+        if self._counts and self._window is not None:
+            start = datetime.fromtimestamp(self._window * self.interval_s, UTC).isoformat()
+            line = {
+                "worker": self.worker,
+                "window_start": start,
+                "window_s": self.interval_s,
+                "counts": self._counts,
+            }
+            self._unwritten.append(to_json(line) + b"\n")
+            self._counts = {}
+        if not self._unwritten:
+            return
+        try:
+            private_dir(self.path.parent)
+            fd = open_private(self.path)  # opened per window: a renamed file is simply left behind
+            try:
+                write_whole(fd, b"".join(self._unwritten))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning(
+                "outcome counts not written yet (%s): kept for the next window",
+                errno.errorcode.get(exc.errno, exc),
+            )
+            return
+        self._unwritten.clear()
