@@ -243,7 +243,8 @@ def batch_scoring(
     limits = loaded.meta["limits"]
 
     def chunk_scorer(model):
-        return lambda chunk: scoring.score_chunk(model, chunk, limits)
+        # Parquet chunks: the values are the frame itself (only CSV cells are re-read as JSON values).
+        return lambda chunk: scoring.score_chunk(model, chunk, chunk, limits["max_string_length"])
 
     every_core = os.cpu_count() or 1
     figures: dict[str, Any] = {
