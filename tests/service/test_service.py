@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -73,9 +74,14 @@ def server_env(record, log_dir, **extra):
 def server(packaged, tmp_path_factory):
     root, record, records = packaged
     log_dir = tmp_path_factory.mktemp("predlog")
+    # Its own copy of the BentoML home: every `bentoml serve` empties its home's
+    # prometheus_multiproc_dir at start, so the other servers this module starts would wipe this
+    # one's metrics (a trap for any two services sharing a BENTOML_HOME; docs/serving.md says so).
+    home = tmp_path_factory.mktemp("home") / "bentoml"
+    shutil.copytree(record["bentoml_home"], home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir"))
     port = free_port()
     cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)]
-    proc = serve(cmd, root, server_env(record, log_dir, API_KEY=KEY), port)
+    proc = serve(cmd, root, {**server_env(record, log_dir, API_KEY=KEY), "BENTOML_HOME": str(home)}, port)
     client = httpx.Client(
         base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
     )
