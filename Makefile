@@ -42,11 +42,11 @@ promote: $(ENV_STAMP) ## Gate the best candidate against the champion; promote i
 package: $(ENV_STAMP) ## Import the champion into BentoML and build the bento
 	python -m pipelines package
 
+# The service refuses to start without keys unless API_AUTH=off says so. With neither set,
+# `make serve` makes a key once into a git-ignored file (0600), and that file is the key list.
 LOCAL_KEYS := .secrets/api-keys
 serve: $(ENV_STAMP) ## Serve the champion on 127.0.0.1:3000 (keys: API_KEY / API_KEY_FILE, else a local key file)
-	# The service refuses to start without keys unless API_AUTH=off says so. With neither set,
-	# a key is made once into a git-ignored file (0600), and that file is the key list.
-	if [ -z "$${API_KEY:-}$${API_KEY_FILE:-}" ] && [ "$${API_AUTH:-}" != off ]; then
+	@if [ -z "$${API_KEY:-}$${API_KEY_FILE:-}" ] && [ "$${API_AUTH:-}" != off ]; then
 	  if [ ! -s $(LOCAL_KEYS) ]; then
 	    (umask 077 && mkdir -p $(dir $(LOCAL_KEYS)) && python -c 'import secrets; print(secrets.token_urlsafe(32))' > $(LOCAL_KEYS))
 	  fi
