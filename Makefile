@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help env run repro promote package serve container batch-predict rollback test test-fast lab ui lint format lock clean
+.PHONY: help env run repro promote package serve container batch-predict feedback rollback test test-fast lab ui lint format lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -61,6 +61,10 @@ container: $(ENV_STAMP) ## Build the bento's OCI image (needs a Docker or podman
 batch-predict: $(ENV_STAMP) ## Score a CSV/Parquet file with the packaged champion: IN=… OUT=…
 	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make batch-predict IN=input.csv OUT=scored.parquet" >&2; exit 2; }
 	python -m pipelines batch "$(IN)" "$(OUT)"
+
+feedback: $(ENV_STAMP) ## Append ground-truth labels (request_id, record, label) from a CSV/Parquet file: IN=…
+	@test -n "$(IN)" || { echo "usage: make feedback IN=labels.csv" >&2; exit 2; }
+	python -m pipelines feedback "$(IN)"
 
 rollback: $(ENV_STAMP) ## Move the champion alias back one step (REASON="...")
 	python -m pipelines rollback --reason "$${REASON:-manual rollback}"

@@ -56,6 +56,22 @@ def batch(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
     return f"SCORED {scored} rows -> {args.target}; {refused} refused -> {rejects}"
 
 
+def feedback(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
+    import os
+
+    from pipelines.batch import feedback as labels
+    from pipelines.core.errors import ParamsError
+    from pipelines.serving.feedback import log_dir
+
+    chunk_rows = (params.get("batch") or {}).get("chunk_rows")
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+        raise ParamsError("batch.chunk_rows in params.yaml must be a positive integer")
+    labels.check_source(args.source)  # before BentoML is imported and the model loaded
+    target = labels.champion_target(root, params)
+    count, path = labels.ingest(args.source, root / log_dir(os.environ), target, chunk_rows)
+    return f"FEEDBACK {count} labels -> {path}"
+
+
 def tracking_uri(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
     from pipelines.core import stores
 
@@ -91,6 +107,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     scoring.add_argument(
         "--chunk-rows", type=int, help="rows read and scored at a time (default: batch.chunk_rows)"
     )
+    add(
+        feedback.__name__, feedback, "append ground-truth labels (request_id, record, label) from a table"
+    ).add_argument("source", help="labels table (.csv, .tsv, .parquet; text may end .gz, .bz2, .xz)")
     add("tracking-uri", tracking_uri, "print the MLflow tracking URI the project uses (for `make ui`)")
     return parser, commands
 

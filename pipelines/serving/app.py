@@ -11,6 +11,7 @@ the caller's input. The app is FastAPI, mounted into the BentoML service, so Ben
 # and the request body's model is a local of create_app that a string annotation cannot reach.
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
 
-from pipelines.serving import answers, schema
+from pipelines.serving import answers, feedback, schema
 from pipelines.serving.batcher import Overloaded
 from pipelines.serving.guards import BodyGuard
 from pipelines.serving.prediction_log import LogUnavailable
@@ -31,6 +32,7 @@ from pipelines.serving.worker import Worker, current_request_id
 
 log = logging.getLogger("tabular_mlops.service")
 PREDICT_PATH = "/predict"
+FEEDBACK_PATH = "/feedback"
 
 
 def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
@@ -115,6 +117,38 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
         # Built by us from plain values: FastAPI's re-validation against the response model
         # would cost more than the compiled model's call. The model still documents the schema.
         return FastJSONResponse(answer)
+
+    feedback_body = feedback.request_model(limits["max_records"])
+    labels_log: list[feedback.FeedbackLog] = []  # made in the worker, at its first labels
+
+    @app.post(
+        FEEDBACK_PATH,
+        dependencies=[Depends(bearer)],
+        responses={code: error_doc for code in (400, 401, 408, 413, 415, 422)}
+        | {503: {"description": "the labels could not be written; retry after Retry-After seconds"}},
+        summary="Ground-truth labels for answered records, by request_id and record index",
+    )
+    async def take_feedback(body: feedback_body) -> Any:  # type: ignore[valid-type]
+        loaded = worker_ref().loaded
+        if not labels_log:
+            labels_log.append(feedback.FeedbackLog(feedback.log_dir(os.environ), feedback.service_writer()))
+        target = feedback.Target.of(loaded.task, loaded.classes, limits["max_records"])
+        try:
+            accepted = await feedback.accept(target, labels_log[0], [i.model_dump() for i in body.labels])
+        except feedback.InvalidLabel as exc:
+            count("invalid")
+            return error(422, "invalid_request", exc.problem, field=exc.field)
+        except feedback.FeedbackUnavailable:
+            log.exception("labels not written")
+            count("feedback_unavailable")
+            return error(
+                503,
+                "feedback_unavailable",
+                "the labels cannot be written; retry shortly",
+                **{"Retry-After": "1"},
+            )
+        count("feedback_accepted")
+        return {"accepted": accepted}
 
     @app.post("/empty", include_in_schema=False)
     async def empty() -> JSONResponse:

@@ -24,6 +24,8 @@ ALLOWED = {
     "release": {"core", "data", "modeling", "serving"},
     "serving": set(),
     "batch": {"core", "serving"},
+    # monitoring reads what serving writes (the log format); serving never imports it back.
+    "monitoring": {"core", "data", "modeling", "serving"},
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines import cli
 
-COMMANDS = ("notebook", "promote", "rollback", "package", "batch", "tracking-uri")
+COMMANDS = ("notebook", "promote", "rollback", "package", "batch", "feedback", "tracking-uri")
 
 
 def test_help_lists_every_operation() -> None:

@@ -1,0 +1,122 @@
+"""Reading the prediction log, operations figures and the label join, at the sizes of issue 11.
+
+Writes N log lines with the real writer (PredictionLog: two workers, rotated and gzipped as the
+service does), and labels for a share of them in the feedback format, then times:
+
+  read + operations   every line streamed (logs.iter_frames) into the per-version figures   ≤ 5 s
+  join + live metrics labels read, joined to every prediction, metrics per window          ≤ 5 s
+
+Run from the project root:  .venv/bin/python bench/monitor_logs.py [--lines 1000000] [--labels 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.monitoring import labels, logs, operations
+from pipelines.serving.prediction_log import PredictionLog
+
+RECORDS_PER_REQUEST = 10
+NUMERIC, CATEGORICAL = 15, 5  # 20 input columns, as in the issue's drift targets
+
+
+def write_log(root: Path, lines: int, seed: int) -> list[tuple[str, int, float]]:
+    """`lines` records through the real writer; returns (request_id, record, p_yes) of each."""
+    rng = np.random.default_rng(seed)
+    workers = [PredictionLog(root, w, {"max_bytes": 64 << 20, "fsync": "none"}) for w in (0, 1)]
+    keys = []
+    for i in range(lines // RECORDS_PER_REQUEST):
+        numbers = rng.normal(size=(RECORDS_PER_REQUEST, NUMERIC)).round(4)
+        cities = rng.choice(["paris", "lyon", "nice", "lille"], size=(RECORDS_PER_REQUEST, CATEGORICAL))
+        rows = [
+            {**{f"n{c}": float(v) for c, v in enumerate(n)}, **{f"c{c}": str(v) for c, v in enumerate(k)}}
+            for n, k in zip(numbers, cities, strict=True)
+        ]
+        p_yes = rng.uniform(size=RECORDS_PER_REQUEST).round(4)
+        workers[i % 2](
+            f"req{i}",
+            str(i % 2 + 1),  # a worker serves one version for its life: worker 0 v1, worker 1 v2
+            rows,
+            ["yes" if p >= 0.5 else "no" for p in p_yes],
+            [{"no": float(1 - p), "yes": float(p)} for p in p_yes],
+            float(rng.lognormal(1.0, 0.5)),
+        )
+        keys.extend((f"req{i}", r, float(p)) for r, p in enumerate(p_yes))
+    for worker in workers:
+        worker.close()
+    return keys
+
+
+def write_labels(root: Path, keys: list[tuple[str, int, float]], count: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(keys), size=count, replace=False)
+    folder = root / "feedback"
+    folder.mkdir(mode=0o700)
+    received = datetime.now(UTC)
+    with open(folder / "labels.bench.jsonl", "w") as out:
+        for n, index in enumerate(chosen):
+            request_id, record, p_yes = keys[index]
+            label = "yes" if rng.uniform() < p_yes else "no"
+            stamp = (received + timedelta(microseconds=n)).isoformat()
+            line = {
+                "request_id": request_id,
+                "record": record,
+                "label": label,
+                "received_at": stamp,
+                "source": "bulk",
+            }
+            out.write(json.dumps(line) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--labels", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="monitor-logs-") as folder:
+        root = Path(folder)
+        started = time.perf_counter()
+        keys = write_log(root, args.lines, args.seed)
+        write_labels(root, keys, args.labels, args.seed + 1)
+        files = sorted(p.name for p in (root / "predictions").iterdir())
+        size = sum(p.stat().st_size for p in (root / "predictions").iterdir()) / 2**20
+        print(f"wrote {args.lines:,} lines in {len(files)} files ({size:.0f} MB on disk) "
+              f"and {args.labels:,} labels in {time.perf_counter() - started:.1f} s")  # fmt: skip
+
+        started = time.perf_counter()
+        traffic = operations.traffic_of(logs.iter_frames(root, only=operations.LOG_FIELDS))
+        figures = operations.operations(traffic, logs.read_outcomes(root))
+        read_ops = time.perf_counter() - started
+        requests = sum(f.get("requests", 0) for f in figures.values())
+        print(
+            f"read + operations: {read_ops:.2f} s for {args.lines:,} lines ({requests:,} requests; target 5 s)"
+        )
+        for version, f in figures.items():
+            print(f"  version {version}: latency ms {f.get('latency_ms')}, outcomes {f['outcomes']}")
+
+        started = time.perf_counter()
+        joined = labels.join(
+            logs.iter_frames(root, only=labels.LOG_FIELDS), labels.read_labels(root), timedelta(hours=1)
+        )
+        live = labels.live_performance(joined, "yes", 30)
+        join_s = time.perf_counter() - started
+        report = live["labels"]
+        print(f"join + live metrics: {join_s:.2f} s for {args.lines:,} predictions and "
+              f"{args.labels:,} labels ({report['joined']:,} joined, {report['unknown']} unknown; target 5 s)")  # fmt: skip
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of the whole run (writing included): {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

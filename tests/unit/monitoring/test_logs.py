@@ -1,0 +1,207 @@
+"""pipelines/monitoring/logs.py: the prediction log read back, from files the real writer made
+(PredictionLog), including a rotated .gz file and two workers; and the one-line errors."""
+
+import gzip
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from pipelines.monitoring import logs
+from pipelines.monitoring.errors import MonitorError
+from pipelines.serving import log_lines
+from pipelines.serving.prediction_log import PredictionLog
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """The writer's clock (log_lines.datetime), set by the test: each request's timestamp is known."""
+
+    now_value = T0
+
+    @classmethod
+    def install(cls, monkeypatch):
+        class Fixed(datetime):
+            @classmethod
+            def now(cls_, tz=None):
+                return cls.now_value
+
+        monkeypatch.setattr(log_lines, "datetime", Fixed)
+        return cls
+
+
+def request(log, n, i, version="1"):
+    rows = [
+        {"age": float(i + k), "city": "paris" if k % 2 else None, "timestamp": "feature"} for k in range(n)
+    ]
+    probabilities = [{"no": 0.25, "yes": 0.75}] * n
+    log(f"req-{log.worker}-{i}", version, rows, ["yes"] * n, probabilities, 1.5 + i)
+
+
+@pytest.fixture
+def two_workers(tmp_path, monkeypatch):
+    """Worker 0 writes enough to rotate (and gzip) its file; worker 1 writes 5 requests."""
+    clock = Clock.install(monkeypatch)
+    w0 = PredictionLog(tmp_path, 0, {"max_bytes": 4096, "fsync": "none"})
+    w1 = PredictionLog(tmp_path, "1", {"fsync": "none"})
+    for i in range(30):
+        clock.now_value = T0 + timedelta(seconds=i)
+        request(w0, 3, i)
+    for i in range(5):
+        clock.now_value = T0 + timedelta(seconds=100 + i)
+        request(w1, 2, i, version="2")
+    w0.close()  # waits for the rotated files' compression
+    w1.close()
+    return tmp_path
+
+
+def test_every_record_once_across_rotated_gz_files_and_workers(two_workers):
+    names = [path.name for _, path in logs.log_files(two_workers)]
+    assert any(name.endswith(".jsonl.gz") for name in names), names
+    assert names[-2:] == ["predictions.0.jsonl", "predictions.1.jsonl"]  # active files come last
+    frame = pd.concat(logs.iter_frames(two_workers), ignore_index=True)
+    assert len(frame) == 30 * 3 + 5 * 2
+    assert sorted(set(frame["request_id"])) == sorted(
+        [f"req-0-{i}" for i in range(30)] + [f"req-1-{i}" for i in range(5)]
+    )
+    assert not frame.duplicated(["request_id", "record"]).any()
+    assert str(frame["timestamp"].dt.tz) == "UTC"
+    first = frame[frame["request_id"] == "req-0-7"]
+    assert list(first["record"]) == [0, 1, 2]
+    assert (first["timestamp"] == pd.Timestamp(T0 + timedelta(seconds=7))).all()
+    assert list(first["inputs.age"]) == [7.0, 8.0, 9.0]
+    # The input named `timestamp` stays an input: it cannot replace the log's own field.
+    assert (first["inputs.timestamp"] == "feature").all()
+    assert (first["latency_ms"] == 8.5).all() and (first["probabilities.yes"] == 0.75).all()
+    assert set(frame.loc[frame["worker"] == "1", "model_version"]) == {"2"}
+    assert logs.input_columns(frame) == ["age", "city", "timestamp"]
+    assert logs.class_columns(frame) == ["no", "yes"]
+
+
+def test_a_rotation_caught_between_plain_and_gz_counts_once(two_workers):
+    gz = next(path for _, path in logs.log_files(two_workers) if path.name.endswith(".gz"))
+    plain = gz.with_name(gz.name.removesuffix(".gz"))
+    plain.write_bytes(gzip.decompress(gz.read_bytes()))
+    frame = pd.concat(logs.iter_frames(two_workers), ignore_index=True)
+    assert len(frame) == 30 * 3 + 5 * 2
+
+
+def test_a_column_null_in_the_whole_first_block_is_read_without_duplicates(tmp_path, monkeypatch):
+    log = PredictionLog(tmp_path, 0, {"fsync": "none"})
+    for i in range(200):  # the optional column is null in the first 100 requests, text afterwards
+        log(f"r{i}", "1", [{"x": 1.0, "note": None if i < 100 else "set"}], [1.0], None, 1.0)
+    log.close()
+    frame = pd.concat(logs.iter_frames(tmp_path, block_bytes=4096), ignore_index=True)
+    assert len(frame) == 200 and frame["request_id"].is_unique
+    assert (frame["inputs.note"].iloc[100:] == "set").all()
+
+
+@pytest.mark.parametrize("block_bytes", [logs.BLOCK_BYTES, 300])  # 300: the line is in a later chunk
+def test_a_corrupt_line_names_the_file_and_line_and_never_its_content(two_workers, block_bytes):
+    path = two_workers / "predictions" / "predictions.1.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    secret = b'{"request_id": "SECRET-CONTENT", oops\n'
+    path.write_bytes(b"".join([*lines[:4], secret, *lines[4:]]))
+    with pytest.raises(MonitorError) as caught:
+        list(logs.iter_frames(two_workers, block_bytes=block_bytes))
+    message = str(caught.value)
+    assert message == (
+        "predictions/predictions.1.jsonl: a corrupt line at line 5 (not a JSON object with the log's fields)"
+    )
+    assert "SECRET" not in message and "\n" not in message
+
+
+def test_a_line_missing_a_field_is_corrupt(tmp_path):
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    good = {"request_id": "a", "record": 0, "timestamp": T0.isoformat(), "model_version": "1"}
+    lines = [{**good, "latency_ms": 1.0, "prediction": 1}, {**good, "prediction": 1}]
+    (folder / "predictions.0.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(MonitorError, match=r"predictions\.0\.jsonl: a line without 'latency_ms' at line 2"):
+        list(logs.iter_frames(tmp_path))
+
+
+def test_a_truncated_gz_file_is_named(two_workers):
+    gz = next(path for _, path in logs.log_files(two_workers) if path.name.endswith(".gz"))
+    gz.write_bytes(gz.read_bytes()[:-20])
+    with pytest.raises(MonitorError, match=rf"predictions/{gz.name}: "):
+        list(logs.iter_frames(two_workers))
+
+
+def test_missing_folder_and_empty_log_are_one_line_errors(tmp_path):
+    with pytest.raises(MonitorError, match=r"^no prediction log folder at .*predictions$"):
+        list(logs.iter_frames(tmp_path / "nowhere"))
+    PredictionLog(tmp_path, 0).close()  # the service started and answered nothing
+    with pytest.raises(MonitorError, match=r"holds no records$"):
+        list(logs.iter_frames(tmp_path))
+
+
+def test_recent_keeps_the_last_rows_and_the_span_in_time_order(two_workers):
+    everything = pd.concat(logs.iter_frames(two_workers), ignore_index=True)
+    # Worker 1's 10 records are the newest (t0+100..104 s), then worker 0's last ones (t0+29 s).
+    last = logs.recent(logs.iter_frames(two_workers, block_bytes=4096), rows=13)
+    assert list(last["request_id"])[:3] == ["req-0-29"] * 3
+    assert list(last["request_id"])[3:] == [f"req-1-{i}" for i in range(5) for _ in range(2)]
+    span = logs.recent(logs.iter_frames(two_workers), span=timedelta(seconds=3))
+    assert set(span["request_id"]) == {"req-1-1", "req-1-2", "req-1-3", "req-1-4"}
+    both = logs.recent(logs.iter_frames(two_workers), rows=5, span=timedelta(seconds=60))
+    assert list(both["request_id"]) == ["req-1-2", "req-1-3", "req-1-3", "req-1-4", "req-1-4"]
+    assert list(both["record"]) == [1, 0, 1, 0, 1]
+    assert len(everything) == 100
+
+
+def test_outcome_counts_are_read_per_worker_and_kind(tmp_path):
+    w0 = PredictionLog(tmp_path, 0, {"fsync": "none"})
+    w1 = PredictionLog(tmp_path, 1, {"fsync": "none"})
+    for _ in range(3):
+        w0.outcome("unauthorized")
+    w0("r", "1", [{"x": 1}], [1], None, 1.0)
+    w1.outcome("overloaded")
+    w0.close()
+    w1.close()
+    counts = logs.read_outcomes(tmp_path)
+    got = counts.groupby(["worker", "outcome"])["count"].sum().to_dict()
+    assert got == {("0", "ok"): 1, ("0", "unauthorized"): 3, ("1", "overloaded"): 1}
+    assert str(counts["window_start"].dt.tz) == "UTC"
+
+
+def test_a_corrupt_outcome_line_names_file_and_line(tmp_path):
+    folder = tmp_path / "outcomes"
+    folder.mkdir()
+    (folder / "outcomes.0.jsonl").write_text(
+        '{"worker": "0", "window_start": "x", "window_s": 60, "counts": {}}\nnope\n'
+    )
+    with pytest.raises(MonitorError, match=r"^outcomes/outcomes\.0\.jsonl: a corrupt line at line 2"):
+        logs.read_outcomes(tmp_path)
+    shutil.rmtree(folder)
+    assert logs.read_outcomes(tmp_path).empty  # no outcome written yet is not an error
+
+
+def test_only_the_fields_asked_for_are_parsed(two_workers):
+    ops = pd.concat(logs.iter_frames(two_workers, only=()), ignore_index=True)
+    assert set(ops.columns) == {*logs.FIELDS.names, "worker"} and len(ops) == 100
+    joined = pd.concat(logs.iter_frames(two_workers, only=("prediction", "probabilities")), ignore_index=True)
+    assert set(joined.columns) == {
+        *logs.FIELDS.names,
+        "worker",
+        "prediction",
+        "probabilities.no",
+        "probabilities.yes",
+    }
+    full = pd.concat(logs.iter_frames(two_workers), ignore_index=True)
+    pd.testing.assert_frame_equal(joined, full[joined.columns])
+
+
+def test_a_type_unlike_the_first_lines_is_read_by_inference(tmp_path):
+    log = PredictionLog(tmp_path, 0, {"fsync": "none"})
+    for i in range(300):  # an int prediction first, floats later: valid JSON, not what line 1 says
+        log(f"r{i}", "1", [{"x": 1.0, "note": None if i < 200 else "set"}], [1 if i == 0 else 1.5], None, 1.0)
+    log.close()
+    for only in (("prediction",), ("prediction", "inputs")):
+        frame = pd.concat(logs.iter_frames(tmp_path, block_bytes=4096, only=only), ignore_index=True)
+        assert len(frame) == 300 and frame["request_id"].is_unique
+        assert list(frame["prediction"].iloc[:2]) == [1.0, 1.5]
+    assert (frame["inputs.note"].iloc[200:] == "set").all()
