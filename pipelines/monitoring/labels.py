@@ -81,7 +81,9 @@ def label_problem(entry: Any) -> str | None:
         return "has no request_id string"
     if not (isinstance(record, int) and not isinstance(record, bool) and record >= 0):
         return "has no record index (an integer, 0 or more)"
-    if isinstance(label, bool) or not isinstance(label, str | int | float):
+    # A boolean is a label when the model's classes are booleans (the feedback endpoint takes
+    # them then); the join below checks each label against the classes the log names.
+    if not isinstance(label, str | int | float):
         return "has no label (a class name or a number)"
     if isinstance(label, float) and not math.isfinite(label):
         return "has a label that is not a finite number"
@@ -180,14 +182,22 @@ def join(frames: Iterable[pd.DataFrame], labels: pd.DataFrame, window: timedelta
     return Joined(rows, windows, report, classes)
 
 
+def class_key(value: Any) -> str:
+    """A label as the prediction log names its class: the log's probabilities are a JSON object,
+    so a class is its JSON key (`true` for a boolean True, `1` for the integer 1)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def _valid(rows: pd.DataFrame, classes: list[str], report: LabelReport) -> pd.DataFrame:
     """The joined rows whose label the model could have predicted; the others are counted."""
     if classes:
-        label = rows["label"].map(lambda value: str(value))
+        label = rows["label"].map(class_key)
         ok = label.isin(classes)
         rows = rows.assign(label=label)
     else:
-        ok = rows["label"].map(lambda value: isinstance(value, int | float))
+        ok = rows["label"].map(lambda value: isinstance(value, int | float) and not isinstance(value, bool))
     report.invalid, report.invalid_examples = int((~ok).sum()), _keys(rows[~ok])
     report.joined = int(ok.sum())
     return rows[ok]

@@ -41,6 +41,7 @@ RELATIVE_ERROR = math.sqrt(GROWTH) - 1  # the bin's geometric middle is this clo
 # of the caller's request (unauthorized, malformed, invalid, body_too_large, …).
 ERRORS = frozenset({"error", "log_unavailable", "not_ready", "unavailable"})
 SHED = frozenset({"overloaded", "too_many_requests"})
+FEEDBACK_PREFIX = "feedback_"  # outcomes of POST /feedback (pipelines/serving/app.py)
 UNATTRIBUTED = "unattributed"
 LOG_FIELDS: tuple[str, ...] = ()  # logs.iter_frames(only=...): the fixed fields are all this needs
 
@@ -125,6 +126,9 @@ def attribute(outcomes: pd.DataFrame, traffic: dict[str, VersionTraffic]) -> pd.
 
 def outcome_rates(counts: dict[str, int]) -> dict[str, float | None]:
     """error, shed and refusal rates over every request counted (the /metrics denominator)."""
+    # POST /feedback's outcomes (feedback_accepted, feedback_unavailable) are another endpoint's
+    # requests, not predictions: they count in neither the numerator nor the denominator.
+    counts = {kind: n for kind, n in counts.items() if not kind.startswith(FEEDBACK_PREFIX)}
     total = sum(counts.values())
     if total == 0:
         return {"error_rate": None, "shed_rate": None, "refusal_rate": None}

@@ -212,3 +212,16 @@ def test_no_feedback_folder_is_no_labels(classified):
     result = run(root)
     assert [w["labeled"] for w in result["windows"]] == [0, 0]
     assert result["labels"]["keys"] == 0
+
+
+def test_a_boolean_label_names_its_class_as_the_log_does():
+    assert labels.class_key(True) == "true" and labels.class_key(False) == "false"
+    assert labels.class_key(1) == "1" and labels.class_key("Yes") == "Yes"
+    entry = {
+        "request_id": "r1",
+        "record": 0,
+        "label": True,
+        "source": "api",
+        "received_at": "2026-11-28T00:00:00+00:00",
+    }
+    assert labels.label_problem(entry) is None

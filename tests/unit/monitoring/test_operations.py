@@ -140,3 +140,8 @@ def test_outcomes_no_version_can_claim_are_unattributed():
 
 def test_rates_with_no_requests_are_none():
     assert operations.outcome_rates({}) == {"error_rate": None, "shed_rate": None, "refusal_rate": None}
+
+
+def test_feedback_outcomes_are_not_prediction_requests():
+    counts = {"ok": 90, "invalid": 6, "error": 4, "feedback_accepted": 500, "feedback_unavailable": 7}
+    assert operations.outcome_rates(counts) == {"error_rate": 0.04, "shed_rate": 0.0, "refusal_rate": 0.06}
