@@ -6,6 +6,7 @@ hides: a column blanked in training carries no signal, so hiding more makes a cl
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -216,3 +217,27 @@ def stop(proc):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def server_env(record, log_dir, home=None, **extra):
+    """A `bentoml serve` environment for a packaged record; open (API_AUTH=off) unless `extra`
+    names keys. `home` is the BentoML home to serve from (default: the packaged one)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "API_KEY_FILE", "API_AUTH")}
+    if not {"API_KEY", "API_KEY_FILE"} & set(extra):
+        extra = {"API_AUTH": "off", **extra}
+    return {
+        **env,
+        "BENTOML_HOME": str(home or record["bentoml_home"]),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PREDICTION_LOG_DIR": str(log_dir),
+        **extra,
+    }
+
+
+def private_home(record, folder):
+    """A copy of the packaged BentoML home for one long-lived server. Every `bentoml serve`
+    empties its home's prometheus_multiproc_dir at start, so the other servers a test module
+    starts would wipe this one's metrics (docs/serving.md)."""
+    home = Path(folder) / "bentoml"
+    shutil.copytree(record["bentoml_home"], home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir"))
+    return home

@@ -8,7 +8,6 @@ the labels the test sent, read back from the files; nothing is mocked.
 import json
 import os
 import re
-import shutil
 import socket
 import stat
 import subprocess
@@ -23,7 +22,9 @@ from helpers.champion import (
     free_port,
     new_project,
     package_project,
+    private_home,
     serve,
+    server_env,
     stop,
     train_candidate,
 )
@@ -54,15 +55,10 @@ def packaged(tmp_path_factory):
 def server(packaged, tmp_path_factory):
     root, record, params = packaged
     log_dir = tmp_path_factory.mktemp("predlog")
-    # Its own copy of the BentoML home: every `bentoml serve` empties its home's
-    # prometheus_multiproc_dir at start (see tests/service/test_service.py's `server`).
-    home = tmp_path_factory.mktemp("home") / "bentoml"
-    shutil.copytree(record["bentoml_home"], home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir"))
-    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "API_KEY_FILE", "API_AUTH")}
-    env |= {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "PREDICTION_LOG_DIR": str(log_dir)}
+    home = private_home(record, tmp_path_factory.mktemp("home"))
     port = free_port()
     cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)]
-    proc = serve(cmd, root, {**env, "API_KEY": KEY}, port)
+    proc = serve(cmd, root, server_env(record, log_dir, home, API_KEY=KEY), port)
     client = httpx.Client(
         base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
     )

@@ -9,7 +9,6 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -24,7 +23,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers.champion import free_port, new_project, package_project, serve, stop, train_candidate
+from helpers.champion import (
+    free_port,
+    new_project,
+    package_project,
+    private_home,
+    serve,
+    server_env,
+    stop,
+    train_candidate,
+)
 from helpers.support import PROJECT as REPO
 from sklearn.metrics import roc_auc_score
 
@@ -56,32 +64,16 @@ def packaged(tmp_path_factory):
     return root, record, records
 
 
-def server_env(record, log_dir, **extra):
-    """The server's environment; open (API_AUTH=off) unless `extra` names keys."""
-    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "API_KEY_FILE", "API_AUTH")}
-    if not {"API_KEY", "API_KEY_FILE"} & set(extra):
-        extra = {"API_AUTH": "off", **extra}
-    return {
-        **env,
-        "BENTOML_HOME": record["bentoml_home"],
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PREDICTION_LOG_DIR": str(log_dir),
-        **extra,
-    }
-
-
 @pytest.fixture(scope="module")
 def server(packaged, tmp_path_factory):
     root, record, records = packaged
     log_dir = tmp_path_factory.mktemp("predlog")
-    # Its own copy of the BentoML home: every `bentoml serve` empties its home's
-    # prometheus_multiproc_dir at start, so the other servers this module starts would wipe this
-    # one's metrics (a trap for any two services sharing a BENTOML_HOME; docs/serving.md says so).
-    home = tmp_path_factory.mktemp("home") / "bentoml"
-    shutil.copytree(record["bentoml_home"], home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir"))
+    home = private_home(
+        record, tmp_path_factory.mktemp("home")
+    )  # the module's other servers share the packaged one
     port = free_port()
     cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)]
-    proc = serve(cmd, root, {**server_env(record, log_dir, API_KEY=KEY), "BENTOML_HOME": str(home)}, port)
+    proc = serve(cmd, root, server_env(record, log_dir, home, API_KEY=KEY), port)
     client = httpx.Client(
         base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
     )
