@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help env run repro promote package serve container batch-predict feedback rollback test test-fast lab ui lint format lock clean
+.PHONY: help env run repro promote package serve container batch-predict feedback monitor rollback test test-fast lab ui lint format lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ batch-predict: $(ENV_STAMP) ## Score a CSV/Parquet file with the packaged champi
 feedback: $(ENV_STAMP) ## Append ground-truth labels (request_id, record, label) from a CSV/Parquet file: IN=…
 	@test -n "$(IN)" || { echo "usage: make feedback IN=labels.csv" >&2; exit 2; }
 	python -m pipelines feedback "$(IN)"
+
+monitor: $(ENV_STAMP) ## Judge the recent prediction log (PREDICTION_LOG_DIR, default monitoring/): reports/monitor.{json,html}; exit 0 OK 1 WARNING 2 CRITICAL 3 UNKNOWN
+	python -m pipelines monitor
 
 rollback: $(ENV_STAMP) ## Move the champion alias back one step (REASON="...")
 	python -m pipelines rollback --reason "$${REASON:-manual rollback}"

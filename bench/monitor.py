@@ -167,7 +167,9 @@ def rule_of(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def quality_of(m: dict[str, Any]) -> dict[str, Any]:
-    return {"null_tolerance": m["null_tolerance"], "examples": m["quality_examples"]}
+    # The monitor takes the contract's allowance (validate.null_tolerance) for null rates.
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    return {"null_tolerance": params["validate"]["null_tolerance"], "examples": m["examples"]}
 
 
 def main() -> None:

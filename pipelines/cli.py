@@ -95,6 +95,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         help="run a stage notebook with papermill (dvc.yaml's stages): IN OUT [--html] [papermill options]",
         add_help=False,
     )
+    sub.add_parser(
+        "monitor",
+        help="judge the recent prediction log against the serving model's reference: "
+        "exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN [--log-dir DIR]",
+        add_help=False,
+    )
     add(promote.__name__, promote, "gate the best candidate against the champion; promote it if it passes")
     add(rollback.__name__, rollback, "move the champion alias back one step").add_argument(
         "--reason", default="manual rollback", help="recorded on the demoted version"
@@ -119,6 +125,10 @@ def main(argv: list[str]) -> int:
         from pipelines.core import nbrun
 
         return nbrun.main(argv[1:])
+    if argv[:1] == ["monitor"]:  # its own shell too: Nagios exit codes, UNKNOWN on any failure
+        from pipelines.monitoring import command
+
+        return command.cli(argv[1:])
     parser, commands = _parser()
     args = parser.parse_args(argv)
     from pipelines.core import config

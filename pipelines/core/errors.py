@@ -15,3 +15,8 @@ class DataError(PipelineError):
 
 class ContractViolation(PipelineError):
     """The data breaks a hard rule of the data contract."""
+
+
+class MonitorError(PipelineError):
+    """The prediction log, outcome counts or labels cannot be read: a missing folder, no lines, or a
+    corrupt line. The message names the file (and line, where known), never what the line holds."""

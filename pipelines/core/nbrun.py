@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-ERROR_NAMES = ("ParamsError", "DataError", "ContractViolation", "PipelineError")
+ERROR_NAMES = ("ParamsError", "DataError", "ContractViolation", "PipelineError", "MonitorError")
 PARAMS_FILE = "params.yaml"
 VENV_PYTHON = Path(".venv", "bin", "python")
 # mlflow imports tqdm.auto, which warns in every kernel that ipywidgets is missing ("TqdmWarning:
@@ -105,15 +105,11 @@ def _stderr_to(path: Path) -> Iterator[None]:
         os.close(target)
 
 
-def main(argv: list[str]) -> int:
-    html = "--html" in argv
-    args = [a for a in argv if a != "--html"]
-    if len(args) < 2:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
-        return 2
+def execute(args: list[str], html: bool = False) -> str | None:
+    """Run papermill with `args` (IN OUT [options]); None on success, else the one failure line.
+    Callers have checked that papermill imports (`ensure_papermill`)."""
     output = Path(args[1])
     stage = output.stem
-    ensure_papermill(argv, stage)
     output.parent.mkdir(parents=True, exist_ok=True)
     kernel_environment()
 
@@ -140,11 +136,22 @@ def main(argv: list[str]) -> int:
             failure = failure_line(stage, exc.ename, exc.evalue, str(output))
         except Exception as exc:  # papermill's own errors: missing notebook, bad option, kernel
             failure = failure_line(stage, type(exc).__name__, str(exc), str(log))
+    if failure is None and html:
+        render_html(output)
+    return failure
+
+
+def main(argv: list[str]) -> int:
+    html = "--html" in argv
+    args = [a for a in argv if a != "--html"]
+    if len(args) < 2:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    ensure_papermill(argv, Path(args[1]).stem)
+    failure = execute(args, html)
     if failure is not None:
         print(failure, file=sys.stderr)
         return 1
-    if html:
-        render_html(output)
     return 0
 
 

@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 from pipelines.core.errors import ParamsError, PipelineError
 from pipelines.modeling.metrics import GREATER_IS_BETTER
-from pipelines.monitoring.operations import ERRORS, SHED
+from pipelines.monitoring.operations import FEEDBACK_PREFIX, outcome_rates
 
 Severity = Literal["info", "warning", "critical"]
 Kind = Literal["drift", "quality", "performance", "operations"]
@@ -93,6 +93,14 @@ class Alert:
         if self.column is None:
             del body["column"]
         return body
+
+
+def scoped(condition: str, message: str, version: str | None) -> tuple[str, str]:
+    """A condition and message about one model version's traffic (a window served by two
+    versions is judged per version); unchanged when the findings are not split by version."""
+    if version is None:
+        return condition, message
+    return f"{condition}@v{version}", f"model version {version}: {message}"
 
 
 def alert_id(condition: str, window: str) -> str:
@@ -137,28 +145,35 @@ def check_thresholds(thresholds: Mapping[str, Any]) -> None:
         raise ParamsError("monitor.alerts.min_requests must be a whole number of at least 1")
 
 
-def drift_alerts(drift: Mapping[str, Mapping[str, Any]], bounds: Mapping[str, Any]) -> list[Alert]:
+def drift_alerts(
+    drift: Mapping[str, Mapping[str, Any]], bounds: Mapping[str, Any], version: str | None = None
+) -> list[Alert]:
     """One alert per drifted feature; its severity follows how many features drifted."""
     drifted = sorted(column for column, result in drift.items() if result.get("status") == "drift")
     severity = level(len(drifted), bounds)
     if severity is None:
         return []
+    found = []
+    for column in drifted:
+        message = (
+            f"feature '{column}' drifted from the reference ({len(drifted)} of {len(drift)} features drifted)"
+        )
+        found.append(Alert(severity, "drift", *scoped(f"drift:{column}", message, version), column))
+    return found
+
+
+def prediction_drift_alert(
+    result: Mapping[str, Any], severity: Severity, version: str | None = None
+) -> list[Alert]:
+    if result.get("status") != "drift":
+        return []
     return [
         Alert(
             severity,
             "drift",
-            f"drift:{column}",
-            f"feature '{column}' drifted from the reference ({len(drifted)} of {len(drift)} features drifted)",
-            column,
+            *scoped("drift:prediction", "the predictions drifted from the reference", version),
         )
-        for column in drifted
     ]
-
-
-def prediction_drift_alert(result: Mapping[str, Any], severity: Severity) -> list[Alert]:
-    if result.get("status") != "drift":
-        return []
-    return [Alert(severity, "drift", "drift:prediction", "the predictions drifted from the reference")]
 
 
 QUALITY_WORDS = {
@@ -169,7 +184,9 @@ QUALITY_WORDS = {
 }
 
 
-def quality_alerts(quality: Mapping[str, Any], bounds: Mapping[str, Any]) -> list[Alert]:
+def quality_alerts(
+    quality: Mapping[str, Any], bounds: Mapping[str, Any], version: str | None = None
+) -> list[Alert]:
     """One alert per quality issue, its severity by the share of the window's rows it touches;
     an issue below the warning share is still reported, as info, and a missing column is critical."""
     rows = quality.get("rows") or 0
@@ -180,34 +197,28 @@ def quality_alerts(quality: Mapping[str, Any], bounds: Mapping[str, Any]) -> lis
         severity = "critical" if kind == "missing_column" else (level(share, bounds) or "info")
         examples = ", ".join(str(e) for e in (issue.get("examples") or [])[:3])
         message = f"'{column}' has {QUALITY_WORDS.get(kind, kind)}: {count} of {rows} rows"
+        message += f"; e.g. request {examples}" if examples else ""
         found.append(
-            Alert(
-                severity,
-                "quality",
-                f"quality:{kind}:{column}",
-                message + (f"; e.g. request {examples}" if examples else ""),
-                column,
-            )
+            Alert(severity, "quality", *scoped(f"quality:{kind}:{column}", message, version), column)
         )
     return found
 
 
 def operation_rates(outcomes: Mapping[str, int]) -> dict[str, float]:
-    """Shares of every request counted (the /metrics denominator): failures, load shed, log
-    refusals, and callers' refusals. Empty when nothing was counted."""
-    total = sum(outcomes.values())
+    """Shares of every prediction request counted (the /metrics denominator; POST /feedback's
+    outcomes are not predictions): failures, load shed, callers' refusals (operations.py says which
+    is which), and log refusals. Empty when nothing was counted."""
+    rates = outcome_rates(dict(outcomes))
+    predictions = {kind: n for kind, n in outcomes.items() if not kind.startswith(FEEDBACK_PREFIX)}
+    total = sum(predictions.values())
     if total == 0:
         return {}
-
-    def share(kinds: Iterable[str]) -> float:
-        return sum(n for kind, n in outcomes.items() if kind in kinds) / total
-
-    refused = set(outcomes) - {"ok"} - ERRORS - SHED
+    blind = sum(n for kind, n in predictions.items() if kind in LOG_OUTCOMES)
     return {
-        "error_rate": share(ERRORS),
-        "shed_rate": share(SHED),
-        "log_unavailable_rate": share(LOG_OUTCOMES),
-        "refusal_rate": share(refused),
+        "error_rate": rates["error_rate"],
+        "shed_rate": rates["shed_rate"],
+        "log_unavailable_rate": blind / total,
+        "refusal_rate": rates["refusal_rate"],
     }
 
 
@@ -219,7 +230,7 @@ def operations_alerts(
     found: list[Alert] = []
     for version, figures in sorted(operations.items()):
         outcomes = figures.get("outcomes") or {}
-        requests = sum(outcomes.values())
+        requests = sum(n for kind, n in outcomes.items() if not kind.startswith(FEEDBACK_PREFIX))
         if requests >= thresholds["min_requests"]:
             for name, rate in operation_rates(outcomes).items():
                 severity = level(rate, thresholds[name])
@@ -236,20 +247,14 @@ def operations_alerts(
 
 
 def performance_alerts(
-    performance: Mapping[str, Any], bounds: Mapping[str, Any], min_labels: int
+    performance: Mapping[str, Any], bounds: Mapping[str, Any], min_labels: int, version: str | None = None
 ) -> list[Alert]:
     """Live metrics against the model's reference, once `min_labels` predictions have labels
     (`monitor.min_labels`, the live figures' own minimum); below that, one info alert."""
     labelled = performance.get("labelled") or 0
     if labelled < min_labels:
-        return [
-            Alert(
-                "info",
-                "performance",
-                "performance:too_few_labels",
-                f"{labelled} labelled predictions, below the {min_labels} needed to judge live metrics",
-            )
-        ]
+        message = f"{labelled} labelled predictions, below the {min_labels} needed to judge live metrics"
+        return [Alert("info", "performance", *scoped("performance:too_few_labels", message, version))]
     live, reference = performance.get("live") or {}, performance.get("reference") or {}
     found: list[Alert] = []
     for metric in sorted(set(live) & set(reference) & set(GREATER_IS_BETTER)):
@@ -257,21 +262,40 @@ def performance_alerts(
         drop = (old - new) if GREATER_IS_BETTER[metric] else (new - old)
         severity = level(drop, bounds)
         if severity:
-            found.append(
-                Alert(
-                    severity,
-                    "performance",
-                    f"performance:{metric}",
-                    f"live {metric} {new:.4f} against {old:.4f} at training, on {labelled} labels",
-                )
-            )
+            message = f"live {metric} {new:.4f} against {old:.4f} at training, on {labelled} labels"
+            found.append(Alert(severity, "performance", *scoped(f"performance:{metric}", message, version)))
     return found
+
+
+def parts(findings: Mapping[str, Any]) -> list[tuple[str | None, Mapping[str, Any]]]:
+    """(model version, its findings) for a window split by version (`versions`), or (None, the
+    findings) for one that is not."""
+    versions = findings.get("versions")
+    if isinstance(versions, Mapping):
+        return [(str(v), part or {}) for v, part in sorted(versions.items())]
+    return [(None, findings)]
 
 
 def insufficient(findings: Mapping[str, Any]) -> bool:
     """True when the window cannot be judged for drift: no verdicts, or none but too-small ones."""
-    verdicts = [r.get("status") for r in ((findings.get("drift") or {}).get("features") or {}).values()]
+    verdicts = [
+        r.get("status")
+        for _, part in parts(findings)
+        for r in ((part.get("drift") or {}).get("features") or {}).values()
+    ]
     return not verdicts or all(v == "insufficient_data" for v in verdicts)
+
+
+def reference_alerts(reference: Mapping[str, Any], version: str | None) -> list[Alert]:
+    """A version whose traffic has no reference cannot be judged for drift or quality; one whose
+    reference was built from another training split is judged against that, and says so."""
+    if reference.get("status") == "missing":
+        message = f"no monitoring reference, so its traffic is not judged: {reference.get('reason')}"
+        return [Alert("warning", "drift", *scoped("reference:missing", message, version))]
+    if reference.get("matches_lineage") is False:
+        message = "the reference was built from a training split other than the one the model was trained on"
+        return [Alert("info", "drift", *scoped("reference:other_data", message, version))]
+    return []
 
 
 def dedup(alerts: Iterable[Alert]) -> list[Alert]:
@@ -307,17 +331,20 @@ def evaluate(
     findings = findings or {}
     window = window_key(findings.get("window"))
     alerts: list[Alert] = []
-    drift = findings.get("drift") or {}
-    if drift.get("features"):
-        alerts += drift_alerts(drift["features"], thresholds["drifted_features"])
-    if drift.get("prediction"):
-        alerts += prediction_drift_alert(drift["prediction"], thresholds["prediction_drift"])
-    if findings.get("quality"):
-        alerts += quality_alerts(findings["quality"], thresholds["quality_rate"])
+    for version, part in parts(findings):
+        alerts += reference_alerts(part.get("reference") or {}, version)
+        drift = part.get("drift") or {}
+        if drift.get("features"):
+            alerts += drift_alerts(drift["features"], thresholds["drifted_features"], version)
+        if drift.get("prediction"):
+            alerts += prediction_drift_alert(drift["prediction"], thresholds["prediction_drift"], version)
+        if part.get("quality"):
+            alerts += quality_alerts(part["quality"], thresholds["quality_rate"], version)
+        if part.get("performance"):
+            bounds = thresholds["performance_drop"]
+            alerts += performance_alerts(part["performance"], bounds, min_labels, version)
     if findings.get("operations"):
         alerts += operations_alerts(findings["operations"], thresholds)
-    if findings.get("performance"):
-        alerts += performance_alerts(findings["performance"], thresholds["performance_drop"], min_labels)
     judged = not insufficient(findings)
     if not judged:
         alerts.append(

@@ -32,6 +32,7 @@ from pipelines.monitoring.reference import PREDICTION, bin_shares, category_keys
 
 PSI_EPSILON = 1e-4  # the usual floor for an empty bin's share, so that PSI stays finite
 DRIFT, OK, INSUFFICIENT = "drift", "ok", "insufficient_data"
+UNSEEN = "(unseen)"  # the window's share of categories the reference lacks
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, epsilon: float = PSI_EPSILON) -> float:
@@ -56,10 +57,12 @@ def numeric_test(values: np.ndarray, ref: dict[str, Any]) -> dict[str, float]:
     """KS p-value, Wasserstein distance in reference sds, and PSI of a window's non-null numbers."""
     sample = np.asarray(ref["sample"], dtype=float)
     scale = ref["sd"] if ref.get("sd", 0.0) > 0 else 1.0
+    shares = bin_shares(values, ref["edges"])
     return {
         "p_value": float(stats.ks_2samp(values, sample, method="asymp").pvalue),
         "effect": float(stats.wasserstein_distance(values, sample) / scale),
-        "psi": psi(np.asarray(ref["bin_shares"]), bin_shares(values, ref["edges"])),
+        "psi": psi(np.asarray(ref["bin_shares"]), shares),
+        "shares": [float(x) for x in shares],  # in the reference's PSI bins, for the report's plots
     }
 
 
@@ -76,10 +79,15 @@ def categorical_test(keys: pd.Series, ref: dict[str, Any], reference_rows: int) 
     table = table[:, table.sum(axis=0) > 0]
     p_value = 1.0 if table.shape[1] < 2 else float(stats.chi2_contingency(table, correction=False).pvalue)
     actual = observed / observed.sum()
+    # The window's shares of the reference's categories; values training never saw are pooled
+    # under UNSEEN, so the report never echoes a caller's text (quality counts them).
+    known = pd.Series(actual, index=categories).reindex(frequencies.index, fill_value=0.0)
+    shares = {str(k): float(v) for k, v in known.items()} | {UNSEEN: float(1.0 - known.sum())}
     return {
         "p_value": p_value,
         "effect": float(jensenshannon(expected, actual, base=2)),
         "psi": psi(expected, actual),
+        "shares": shares,
     }
 
 
@@ -103,7 +111,7 @@ def column_figures(window: pd.DataFrame, reference: dict[str, Any]) -> dict[str,
         column = window[name] if name in window.columns else pd.Series([], dtype=object)
         n, found = column_test(column, ref, reference["rows"])
         figures[name] = {"kind": ref["kind"], "n": n} | {
-            key: found.get(key) for key in ("p_value", "effect", "psi")
+            key: found.get(key) for key in ("p_value", "effect", "psi", "shares")
         }
     return figures
 

@@ -1,10 +1,8 @@
-"""The one error the monitor raises for unusable logs: one readable line, never their content."""
+"""The one error the monitor raises for unusable logs: one readable line, never their content.
+It lives with the project's other errors (core/errors.py), so the notebook runner knows its name."""
 
 from __future__ import annotations
 
-from pipelines.core.errors import PipelineError
+from pipelines.core.errors import MonitorError
 
-
-class MonitorError(PipelineError):
-    """The prediction log, outcome counts or labels cannot be read: a missing folder, no lines, or a
-    corrupt line. The message names the file (and line, where known), never what the line holds."""
+__all__ = ["MonitorError"]

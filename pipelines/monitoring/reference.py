@@ -10,6 +10,7 @@ is one more column: the positive-class probability (binary classification), the 
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Literal
 
@@ -17,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 SCHEMA_VERSION = 1
+REFERENCE_ARTIFACT = "monitoring/reference.json"  # on the champion's MLflow run (make package)
+REFERENCE_TAG = "monitoring.reference.sha256"  # its digest, on the registry version
 PREDICTION = "prediction"  # the reference's key for the prediction column
 Kind = Literal["numeric", "categorical"]
 NUMERIC_TYPES = ("integer", "number")  # the contract's field types tested as numbers
@@ -158,6 +161,11 @@ def build_reference(
         "columns": columns,
         PREDICTION: predicted,
     }
+
+
+def encode(reference: dict[str, Any]) -> bytes:
+    """The reference as the bytes stored and hashed: sorted keys, so equal references are equal bytes."""
+    return (json.dumps(reference, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
 
 def check_reference(reference: dict[str, Any]) -> dict[str, Any]:

@@ -8,12 +8,18 @@ else download it and verify its bytes against the digest the gate recorded (`art
 its meta (`model_meta`), compile and verify it (`compile_champion`), store those same bytes with
 their digests (`store_model`, `record_compilation`); check the stored files as the service will
 (`verify_stored`); then build the bento (`package`).
+
+Beside the model goes its monitoring reference (`monitoring_reference`): statistics of the
+champion's training data and of its predictions on it, which `make monitor` compares traffic
+with. It is stored in the bundle (digest in meta.json) and on the MLflow run (digest as the
+version's `monitoring.reference.sha256` tag), so a rollback brings its own reference back.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ import pandas as pd
 from pipelines.core import files, stores
 from pipelines.core.errors import ParamsError, PipelineError
 from pipelines.modeling import runs
+from pipelines.monitoring.reference import REFERENCE_ARTIFACT, REFERENCE_TAG
 from pipelines.release import artifacts, registry
 from pipelines.serving import bundle, registry_view
 
@@ -137,6 +144,7 @@ def serving_spec(params: dict) -> str:
             params["serving"].get("parity"),
             compilation.REVISION,
             *(params["serving"].get(k) for k in SERVICE_KEYS),
+            reference_settings(params),
         ]
     )
 
@@ -170,7 +178,7 @@ def packaged_model(version: Any, spec: str) -> Any | None:
     with bentoml.models.create(
         bundle.MODEL_NAME, labels=dict(source.info.labels), metadata=dict(source.info.metadata)
     ) as model:
-        for name in (bundle.MODEL_FILE, bundle.COMPILED_FILE, bundle.META_FILE):
+        for name in (bundle.MODEL_FILE, bundle.COMPILED_FILE, bundle.META_FILE, bundle.REFERENCE_FILE):
             if (Path(source.path) / name).is_file():
                 shutil.copy(Path(source.path) / name, Path(model.path) / name)
     return bentoml.models.get(model.tag)
@@ -192,7 +200,124 @@ def verify_stored(model: Any) -> None:
         ) from None
 
 
-def store_model(meta: dict[str, Any], model_bytes: bytes, onnx: bytes | None, labels: dict[str, str]) -> Any:
+def reference_settings(params: dict) -> dict[str, Any]:
+    """What shapes the monitoring reference (`monitor.reference_sample`, `monitor.psi_bins`, the
+    seed, the reference's schema): a change re-packages the champion with a new reference."""
+    from pipelines.monitoring import reference
+
+    monitor = params.get("monitor") or {}
+    settings = {
+        "sample_size": monitor.get("reference_sample"),
+        "bins": monitor.get("psi_bins"),
+        "seed": params.get("seed"),
+    }
+    for key, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 2):
+            name = {"sample_size": "monitor.reference_sample", "bins": "monitor.psi_bins"}.get(key, key)
+            raise ParamsError(f"{name} in params.yaml must be a whole number (at least 2, seed 0)")
+    return settings | {"schema_version": reference.SCHEMA_VERSION}
+
+
+def monitoring_reference(model: Any, meta: dict[str, Any], lineage: dict[str, str], params: dict) -> bytes:
+    """The champion's monitoring reference as JSON bytes: its training split's features (the
+    contract's fields) and its own predictions on them. `source.matches_lineage` says whether the
+    training split on disk is the data the model was trained on (the run's data MD5); the
+    monitor reports a reference built from other data."""
+    from pipelines.modeling import metrics
+    from pipelines.monitoring import labels, reference
+
+    train_path = Path(params["paths"]["train"])
+    if not train_path.is_file():
+        raise PipelineError(
+            f"no training split at {train_path} to build the monitoring reference from: run `dvc repro`"
+        )
+    train = pd.read_parquet(train_path)
+    features = [name for name in meta["fields"] if name in train.columns]
+    if len(features) < len(meta["fields"]):
+        raise PipelineError(f"the training split at {train_path} lacks columns the champion takes")
+    X = train[list(getattr(model, "feature_names_in_", features))]
+    settings = reference_settings(params)
+    if meta["task"] == "classification":
+        classes = [labels.class_key(c.item() if hasattr(c, "item") else c) for c in model.classes_]
+        probabilities = pd.DataFrame(model.predict_proba(X), columns=classes, index=X.index)
+        predicted = probabilities.idxmax(axis=1)
+        positive = None
+        if len(classes) == 2:
+            # The run records the positive class as text; the log keys classes as JSON does.
+            named = [c for c in model.classes_ if str(c) == str(meta.get("positive_class"))]
+            if not named and meta["target"] in train.columns:
+                named = [metrics.positive_label(train[meta["target"]])]
+            positive = (
+                labels.class_key(named[0].item() if hasattr(named[0], "item") else named[0])
+                if named
+                else None
+            )
+        series, kind = reference.prediction_series(meta["task"], predicted, probabilities, positive)
+        form = {"form": "probability", "class": positive} if kind == "numeric" else {"form": "class"}
+    else:
+        series, kind = reference.prediction_series(meta["task"], pd.Series(model.predict(X)), None)
+        form = {"form": "value"}
+    built = reference.build_reference(
+        train[features],
+        series.reset_index(drop=True).set_axis(train.index),
+        kind,
+        fields=meta["fields"],
+        model_version=meta["version"],
+        sample_size=settings["sample_size"],
+        bins=settings["bins"],
+        seed=settings["seed"],
+    )
+    data_md5 = runs.file_md5(params["paths"]["raw"]) if Path(params["paths"]["raw"]).is_file() else None
+    built["prediction_form"] = form
+    built["source"] = {
+        "train_rows": len(train),
+        "matches_lineage": data_md5 is not None and data_md5 == lineage.get(f"{runs.LINEAGE_PREFIX}data_md5"),
+    }
+    return reference.encode(built)
+
+
+def logged_reference(client: Any, version: Any) -> bytes | None:
+    """The reference logged when this registry version was first packaged, verified against its
+    digest tag; None when it was never logged. A rollback to an older champion takes this one,
+    built from the data that champion was trained on, not today's training split."""
+    from pipelines.serving import trust
+
+    digest = (version.tags or {}).get(REFERENCE_TAG)
+    if not digest:
+        return None
+    what = f"the monitoring reference of registry version {version.version}"
+    with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
+        try:
+            local = client.download_artifacts(version.run_id, REFERENCE_ARTIFACT, tmp)
+            return trust.read_verified(Path(local), digest, what)
+        except trust.Untrusted as exc:
+            raise PipelineError(str(exc)) from None
+        except Exception as exc:  # MlflowException, OSError: the store cannot give it back
+            raise PipelineError(f"{what} cannot be downloaded ({type(exc).__name__})") from None
+
+
+def same_settings(data: bytes, params: dict) -> bool:
+    """Whether a logged reference was built with today's reference settings."""
+    built = json.loads(data)
+    return {k: built.get(k) for k in ("sample_size", "bins", "seed", "schema_version")} == reference_settings(
+        params
+    )
+
+
+def record_reference(client: Any, version: Any, data: bytes) -> None:
+    """The reference on the champion's MLflow run, its digest on the registry version."""
+    from pipelines.serving import trust
+
+    with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
+        path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+        path.write_bytes(data)
+        client.log_artifact(version.run_id, str(path), str(Path(REFERENCE_ARTIFACT).parent))
+    client.set_model_version_tag(version.name, version.version, REFERENCE_TAG, trust.sha256_bytes(data))
+
+
+def store_model(
+    meta: dict[str, Any], model_bytes: bytes, onnx: bytes | None, labels: dict[str, str], reference: bytes
+) -> Any:
     """A new model in the BentoML store: the skops bytes the registry's digest verified, the
     verified graph, and meta.json with every file's digest. The labels anchor meta.json and the
     skops file, so tampering with a file and meta.json takes a third edit (BentoML's model.yaml)."""
@@ -200,7 +325,11 @@ def store_model(meta: dict[str, Any], model_bytes: bytes, onnx: bytes | None, la
 
     from pipelines.serving import trust
 
-    payload = {bundle.MODEL_FILE: model_bytes, **({bundle.COMPILED_FILE: onnx} if onnx is not None else {})}
+    payload = {
+        bundle.MODEL_FILE: model_bytes,
+        **({bundle.COMPILED_FILE: onnx} if onnx is not None else {}),
+        bundle.REFERENCE_FILE: reference,
+    }
     meta = {**meta, "digests": {name: trust.sha256_bytes(data) for name, data in payload.items()}}
     meta_bytes = (json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n").encode()
     labels = {
@@ -239,9 +368,15 @@ def import_champion(client: Any, name: str, params: dict) -> Any:
         "runtime": meta["compiled"]["runtime"],
         **{k.removeprefix(runs.LINEAGE_PREFIX): v for k, v in meta["lineage"].items()},
     }
-    model = store_model(meta, loaded.data, onnx, labels)
+    reference = logged_reference(client, version)
+    fresh = reference is None or not same_settings(reference, params)
+    if fresh:
+        reference = monitoring_reference(loaded.model, meta, meta["lineage"], params)
+    model = store_model(meta, loaded.data, onnx, labels, reference)
     verify_stored(model)
     record_compilation(client, version, meta["compiled"], Path(model.path) / bundle.COMPILED_FILE)
+    if fresh:
+        record_reference(client, version, reference)
     return model
 
 

@@ -33,6 +33,7 @@ MODEL_NAME = "tabular-champion"  # the champion's name in the BentoML model stor
 MODEL_FILE = "model.skops"
 COMPILED_FILE = "model.onnx"
 META_FILE = "meta.json"
+REFERENCE_FILE = "reference.json"  # the monitoring reference (pipelines/monitoring/reference.py); not served
 MODEL_YAML = "model.yaml"  # BentoML's record of a stored model, with its labels
 META_LABEL = "meta_sha256"  # labels written at packaging: meta.json's digest, and
 SKOPS_LABEL = "model_sha256"  # model.skops's (the registry version's model.sha256 tag)

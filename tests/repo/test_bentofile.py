@@ -29,10 +29,7 @@ def test_bentofile_includes_exactly_the_serving_package():
     assert imported == ["pipelines.serving"], imported
     tracked = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "pipelines").rglob("*.py"))
     included = {
-        path
-        for path in tracked
-        for pattern in bentofile["include"]
-        if fnmatch.fnmatch("/" + path, pattern)
+        path for path in tracked for pattern in bentofile["include"] if fnmatch.fnmatch("/" + path, pattern)
     }
     serving = {path for path in tracked if path.startswith("pipelines/serving/")}
     assert included == serving | {"pipelines/__init__.py"}

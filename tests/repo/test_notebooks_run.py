@@ -57,10 +57,16 @@ def stage_commands() -> list[tuple[str, list[str]]]:
     return commands
 
 
-def test_every_notebook_is_a_stage() -> None:
+# Notebooks that are operations rather than stages: `make monitor` runs monitor.ipynb over the
+# service's log (tests/service/test_monitor.py runs it against a real server).
+OPERATIONS = {"notebooks/monitor.ipynb"}
+
+
+def test_every_notebook_is_a_stage_or_an_operation() -> None:
     used = {args[0] for _, args in stage_commands()}
     present = {f"notebooks/{p.name}" for p in (PROJECT / "notebooks").glob("*.ipynb")}
-    assert present == used
+    assert present == used | OPERATIONS
+    assert not used & OPERATIONS
 
 
 STAGE_TIMEOUT = 400  # seconds for one notebook on the tiny data

@@ -52,7 +52,9 @@ def test_batch_checks_its_arguments_before_loading_anything(
     (tmp_path / "params.yaml").write_text("serving: {bentoml_home: null}\n")
     monkeypatch.chdir(tmp_path)
     assert cli.main(["batch", "in.csv", "out.csv"]) == 1
-    assert capsys.readouterr().err == "ERROR batch: batch.chunk_rows in params.yaml must be a positive integer\n"
+    assert (
+        capsys.readouterr().err == "ERROR batch: batch.chunk_rows in params.yaml must be a positive integer\n"
+    )
     (tmp_path / "params.yaml").write_text("serving: {bentoml_home: null}\nbatch: {chunk_rows: 10}\n")
     assert cli.main(["batch", "in.xlsx", "out.csv"]) == 1
     assert (

@@ -225,3 +225,77 @@ def test_a_boolean_label_names_its_class_as_the_log_does():
         "received_at": "2026-11-28T00:00:00+00:00",
     }
     assert labels.label_problem(entry) is None
+
+
+GOOD = '"received_at": "2026-01-01T00:00:00+00:00", "source": "api"'
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        # Lines pyarrow would parse (or parse differently) but json.loads per line refuses.
+        (
+            '{"request_id": "a", "record": 0, "label": 1, ' + GOOD + '}{"request_id": "b"}',
+            "is not a JSON object",
+        ),
+        ('{"request_id": "a", "record": 0, "label": 1, ' + GOOD + "}\r{}", "is not a JSON object"),
+        ('{"request_id": "a", "record": 1.0, "label": 1, ' + GOOD + "}", "has no record index"),
+        ('{"request_id": "a", "record": -1, "label": 1, ' + GOOD + "}", "has no record index"),
+        ('{"request_id": 7, "record": 0, "label": 1, ' + GOOD + "}", "has no request_id"),
+        (
+            '{"request_id": "a", "record": 0, "label": NaN, ' + GOOD + "}",
+            "has a label that is not a finite number",
+        ),
+        ('{"request_id": "a", "record": 0, "label": [1], ' + GOOD + "}", "has no label"),
+        ('{"request_id": "a", "record": 0, ' + GOOD + "}", "has no label"),
+        (
+            '{"request_id": "a", "record": 0, "label": 1, "received_at": "soon", "source": "api"}',
+            "has no received_at",
+        ),
+        (
+            '{"request_id": "a", "record": 0, "label": 1, "received_at": 5, "source": "api"}',
+            "has no received_at",
+        ),
+    ],
+)
+def test_the_whole_file_reader_refuses_what_the_line_reader_refuses(tmp_path, line, problem):
+    """read_labels parses a file whole with pyarrow when it can; each of these lines must still be
+    refused, by number, exactly as label_problem refuses it (the first line is valid)."""
+    write_labels(tmp_path, "a", [("a", 0, 1)])
+    with open(tmp_path / "feedback" / "labels.a.jsonl", "a") as out:
+        out.write(line + "\n")
+    with pytest.raises(MonitorError) as caught:
+        labels.read_labels(tmp_path)
+    assert str(caught.value).startswith(f"feedback/labels.a.jsonl: line 2 {problem}")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [["yes", "no", ""], [1, 0, 2], [True, False, True], [1, 1.0, 2.5], ["1", 1, True]],
+)
+def test_labels_keep_their_json_type_whichever_reader_reads_them(tmp_path, values):
+    """The frame equals json.loads per line (1 stays an int, 1.0 a float, true a bool), with blank
+    lines skipped, whether pyarrow could read the file whole or not."""
+    write_labels(tmp_path, "a", [(f"r{n}", n, value) for n, value in enumerate(values)])
+    path = tmp_path / "feedback" / "labels.a.jsonl"
+    path.write_text(path.read_text().replace("\n", "\n\n  \n", 1))
+    expected = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    frame = labels.read_labels(tmp_path)
+    assert frame["request_id"].tolist() == [e["request_id"] for e in expected]
+    assert frame["record"].tolist() == [e["record"] for e in expected]
+    assert [(type(v), v) for v in frame["label"]] == [(type(e["label"]), e["label"]) for e in expected]
+    assert frame["source"].tolist() == ["api"] * len(values)
+    assert [t.isoformat() for t in frame["received_at"]] == [e["received_at"] for e in expected]
+    assert frame["record"].dtype == "int64" and frame["label"].dtype == object
+
+
+def test_first_label_identity_follows_json_equality(tmp_path):
+    """1, 1.0 and true are one label (a resubmission); 1 and "1" are two (a conflict)."""
+    write_labels(tmp_path, "a", [("k", 0, 1), ("k", 0, 1.0), ("k", 0, True), ("j", 0, 1), ("j", 0, "1")])
+    _, report = labels.first_labels(labels.read_labels(tmp_path))
+    assert (report.keys, report.resubmitted, report.conflicting, report.conflict_examples) == (
+        2,
+        2,
+        1,
+        ["j#0"],
+    )
