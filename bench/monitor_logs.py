@@ -8,13 +8,17 @@ service does), and labels for a share of them in the feedback format, then times
   one pass            both from a single read of the log, as the monitor does
 
 Run from the project root:  .venv/bin/python bench/monitor_logs.py [--lines 1000000] [--labels 100000]
+`--baseline OLD_labels.py` also times an older copy of pipelines/monitoring/labels.py on the same
+files, in the same run (the box is shared, so runs minutes apart are not comparable).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -77,6 +81,24 @@ def write_labels(root: Path, keys: list[tuple[str, int, float]], count: int, see
             out.write(json.dumps(line) + "\n")
 
 
+def timed_join(module, root: Path) -> tuple[float, dict]:
+    """read_labels + join + live_performance of one labels module, as `make monitor` runs them."""
+    started = time.perf_counter()
+    joined = module.join(
+        logs.iter_frames(root, only=module.LOG_FIELDS), module.read_labels(root), timedelta(hours=1)
+    )
+    live = module.live_performance(joined, "yes", 30)
+    return time.perf_counter() - started, live
+
+
+def load_module(path: str):
+    spec = importlib.util.spec_from_file_location("baseline_labels", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,6 +106,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--labels", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", help="an older labels.py to time beside the current one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="monitor-logs-") as folder:
         root = Path(folder)
@@ -107,14 +130,21 @@ def main() -> None:
             print(f"  version {version}: latency ms {f.get('latency_ms')}, outcomes {f['outcomes']}")
 
         started = time.perf_counter()
-        joined = labels.join(
-            logs.iter_frames(root, only=labels.LOG_FIELDS), labels.read_labels(root), timedelta(hours=1)
-        )
-        live = labels.live_performance(joined, "yes", 30)
-        join_s = time.perf_counter() - started
+        rows = sum(len(frame) for frame in logs.iter_frames(root, only=labels.LOG_FIELDS))
+        print(f"read alone, with the join's fields: {time.perf_counter() - started:.2f} s for {rows:,} lines")
+
+        join_s, live = timed_join(labels, root)
         report = live["labels"]
         print(f"join + live metrics: {join_s:.2f} s for {args.lines:,} predictions and "
               f"{args.labels:,} labels ({report['joined']:,} joined, {report['unknown']} unknown; target 5 s)")  # fmt: skip
+        if args.baseline:
+            old_s, old_live = timed_join(load_module(args.baseline), root)
+            again_s, _ = timed_join(labels, root)
+            same = old_live["labels"] == live["labels"] and [
+                {k: v for k, v in w.items() if k != "estimated_accuracy"} for w in old_live["windows"]
+            ] == [{k: v for k, v in w.items() if k != "estimated_accuracy"} for w in live["windows"]]
+            print(f"  baseline {args.baseline}: {old_s:.2f} s; current again: {again_s:.2f} s; "
+                  f"same report and metrics: {same}")  # fmt: skip
         # What `make monitor` does: one pass over the log feeds the operations and the join.
         started = time.perf_counter()
         traffic = {}

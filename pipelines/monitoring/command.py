@@ -117,7 +117,8 @@ def main(root: Path, params: dict[str, Any], folder: Path | None = None) -> int:
             # If even this fails, the line on stderr already says the monitor could not run.
             with contextlib.suppress(OSError):
                 files.write_json(report, root / target)
-            notify(report, params)
+            with contextlib.suppress(Exception):  # bad webhook settings: the line above is said
+                notify(report, params)
     return code
 
 

@@ -99,8 +99,12 @@ def live(performance: Mapping[str, Any], metric: str) -> Figure | None:
         values = [(m or {}).get(metric) for m in part["metrics"]]
         top.plot(part["start"], values, marker="o", label=f"v{version} {metric} (labels)")
         if "estimated_accuracy" in part:
-            top.plot(
-                part["start"], part["estimated_accuracy"], ls=":", label=f"v{version} estimated accuracy"
+            estimate = part["estimated_accuracy"]
+            top.plot(part["start"], estimate, ls=":", marker="x", label=f"v{version} estimated accuracy")
+        holdout = ((performance.get("versions") or {}).get(str(version)) or {}).get("reference") or {}
+        if metric in holdout:
+            top.axhline(
+                holdout[metric], ls="--", lw=1, color="gray", label=f"v{version} {metric} on the holdout"
             )
         bottom.bar(part["start"], part["label_coverage"], width=0.02, label=f"v{version}")
     top.set(title="live performance by prediction time", ylabel=metric)

@@ -19,7 +19,6 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import repeat
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -173,15 +172,9 @@ def _keys(frame: pd.DataFrame) -> list[str]:
     return [f"{rid}#{rec}" for rid, rec in zip(frame["request_id"], frame["record"], strict=True)][:EXAMPLES]
 
 
-def _key_strings(request_id: Any, record: Any) -> pa.Array:
-    """`request_id#record` per row: one string key, unambiguous since a record has no `#`."""
-    ids = pa.array(request_id, type=pa.string())
-    return pc.binary_join_element_wise(ids, pc.cast(pa.array(record, type=pa.int64()), pa.string()), "#")
-
-
 def _identity(value: Any) -> str:
     """A label's identity as a string: its JSON value, so 1, 1.0 and true agree and 1 and "1" do not
-    (as Python's == has them), for a vectorised comparison."""
+    (as Python's == has them), for a vectorised comparison. A string is "s" + itself."""
     if isinstance(value, str):
         return "s" + value
     if isinstance(value, bool | np.bool_):
@@ -194,17 +187,24 @@ def _identity(value: Any) -> str:
 def first_labels(labels: pd.DataFrame) -> tuple[pd.DataFrame, LabelReport]:
     """One label per key, the first received (file order breaks ties), and the counts."""
     ordered = labels.sort_values("received_at", kind="stable")
-    key = pd.Series(_key_strings(ordered["request_id"], ordered["record"]).to_pylist(), dtype=object)
-    identity = pd.Series([_identity(value) for value in ordered["label"]], dtype=object)
-    distinct = pd.DataFrame({"key": key, "identity": identity}).drop_duplicates()
-    labels_per_key = distinct["key"].value_counts(sort=False)
-    repeated = key.duplicated().to_numpy()
+    # Keys and label identities as dense integer codes (each below the line count n, so a pair
+    # below n * n: no overflow under 3e9 lines), so numpy counts them.
+    id_code, _ = pd.factorize(ordered["request_id"])
+    record_code, records = pd.factorize(ordered["record"])
+    key, _ = pd.factorize(id_code.astype(np.int64) * len(records) + record_code)
+    # The str test inline is _identity's first case, without a call per label.
+    identities = [("s" + value) if value.__class__ is str else _identity(value) for value in ordered["label"]]
+    label_code, distinct_labels = pd.factorize(np.array(identities, dtype=object))
+    width = max(len(distinct_labels), 1)
+    pairs = np.unique(key.astype(np.int64) * width + label_code)
+    labelled_keys, labels_per_key = np.unique(pairs // width, return_counts=True)
+    repeated = pd.Series(key).duplicated().to_numpy()
     first = ordered[~repeated]
-    conflicts = first[key[~repeated].isin(labels_per_key.index[labels_per_key > 1]).to_numpy()]
+    conflicts = first[np.isin(key[~repeated], labelled_keys[labels_per_key > 1])]
     report = LabelReport(
         lines=len(labels),
         keys=len(first),
-        resubmitted=len(ordered) - len(distinct),
+        resubmitted=len(ordered) - len(pairs),
         conflicting=len(conflicts),
         conflict_examples=_keys(conflicts.sort_values(KEY)),
     )
@@ -225,11 +225,7 @@ def join(frames: Iterable[pd.DataFrame], labels: pd.DataFrame, window: timedelta
     """Streams the log once: each frame's labelled records are kept, the rest only counted, so
     memory grows with the labels, not the log. `labels` are read_labels' lines."""
     unique, report = first_labels(labels)
-    # A dict built once: pyarrow's index_in rebuilds its table of the labels every frame, and
-    # pandas' get_indexer on strings was slower still (bench/monitor_logs.py, 1M lines).
-    wanted = {
-        key: n for n, key in enumerate(_key_strings(unique["request_id"], unique["record"]).to_pylist())
-    }
+    find = _Finder(unique)
     seen = np.zeros(len(unique), dtype=bool)
     totals: dict[tuple[Any, Any], list[float]] = {}
     parts: list[pd.DataFrame] = []
@@ -239,17 +235,52 @@ def join(frames: Iterable[pd.DataFrame], labels: pd.DataFrame, window: timedelta
         classes = classes or [name.removeprefix(PROBABILITIES) for name in probability]
         start = frame["timestamp"].dt.floor(window)
         _count(totals, start, frame["model_version"], _confidence(frame, probability))
-        keys = _key_strings(frame["request_id"], frame["record"]).to_pylist()
-        position = np.fromiter(map(wanted.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+        position = find(frame["request_id"], frame["record"])
         hit = position >= 0
         if hit.any():
             seen[position[hit]] = True
-            part = frame.loc[hit, [*KEY, "timestamp", "model_version", "prediction", *probability]]
+            part = frame.iloc[np.flatnonzero(hit)][
+                [*KEY, "timestamp", "model_version", "prediction", *probability]
+            ]
             parts.append(part.assign(window_start=start[hit], _label=position[hit]))
     rows = _labelled(parts, unique)
     unknown = unique[~seen]
     report.unknown, report.unknown_examples = len(unknown), _keys(unknown)
     return Joined(rows, _windows(totals), report, classes)
+
+
+class _Finder:
+    """Each log row's position among the unique labels (-1 for none), in a few numpy calls per frame.
+    A key becomes one integer: its request id's number among the labelled ids times the count of
+    distinct labelled records, plus its record's rank among them (below n * n for n labels, so
+    no overflow). Python touches only a frame's distinct request ids, a tenth of its rows in the
+    bench. pyarrow's index_in (which rebuilds its table of the labels every call), pandas'
+    get_indexer and a dict lookup per `request_id#record` string were each slower."""
+
+    def __init__(self, unique: pd.DataFrame) -> None:
+        id_code, ids = pd.factorize(unique["request_id"])
+        self.ids = {request_id: n for n, request_id in enumerate(ids.tolist())}
+        self.records = np.unique(unique["record"].to_numpy(dtype=np.int64))
+        rank = np.searchsorted(self.records, unique["record"].to_numpy(dtype=np.int64))
+        keys = id_code.astype(np.int64) * len(self.records) + rank
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+
+    def __call__(self, request_id: pd.Series, record: pd.Series) -> np.ndarray:
+        position = np.full(len(request_id), -1, dtype=np.int64)
+        if not len(self.keys) or not len(request_id):
+            return position
+        code, ids = pd.factorize(request_id)
+        # -1 (a missing id) indexes the sentinel at the end.
+        id_code = np.array([*map(self.ids.get, ids.tolist(), [-1] * len(ids)), -1], dtype=np.int64)[code]
+        values = record.to_numpy(dtype=np.int64)
+        rank = np.searchsorted(self.records, values).clip(max=len(self.records) - 1)
+        candidate = (id_code >= 0) & (self.records[rank] == values)
+        keys = id_code[candidate] * len(self.records) + rank[candidate]
+        at = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
+        found = self.keys[at] == keys
+        position[np.flatnonzero(candidate)[found]] = self.order[at[found]]
+        return position
 
 
 def _confidence(frame: pd.DataFrame, probability: list[str]) -> np.ndarray:
