@@ -10,6 +10,10 @@ service does), and labels for a share of them in the feedback format, then times
 Run from the project root:  .venv/bin/python bench/monitor_logs.py [--lines 1000000] [--labels 100000]
 `--baseline OLD_labels.py` also times an older copy of pipelines/monitoring/labels.py on the same
 files, in the same run (the box is shared, so runs minutes apart are not comparable).
+`--baseline-logs OLD_logs.py` does the same for pipelines/monitoring/logs.py: the three reads (read
++ operations, read alone with the join's fields, join + live metrics) are timed with the old and the
+current reader in turn, `--rounds` times each, on the same files. Every figure gives the process' CPU
+seconds beside the wall time and the load average, since other jobs share the 2 cores.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -81,18 +86,53 @@ def write_labels(root: Path, keys: list[tuple[str, int, float]], count: int, see
             out.write(json.dumps(line) + "\n")
 
 
-def timed_join(module, root: Path) -> tuple[float, dict]:
+def timed_join(module, root: Path, reader=logs) -> tuple[float, dict]:
     """read_labels + join + live_performance of one labels module, as `make monitor` runs them."""
     started = time.perf_counter()
     joined = module.join(
-        logs.iter_frames(root, only=module.LOG_FIELDS), module.read_labels(root), timedelta(hours=1)
+        reader.iter_frames(root, only=module.LOG_FIELDS), module.read_labels(root), timedelta(hours=1)
     )
     live = module.live_performance(joined, "yes", 30)
     return time.perf_counter() - started, live
 
 
-def load_module(path: str):
-    spec = importlib.util.spec_from_file_location("baseline_labels", path)
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured(step, *args) -> str:
+    """Runs step(*args) and describes it: wall seconds, CPU seconds of the process, load average."""
+    load = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    step(*args)
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    return f"{wall:5.2f} s (CPU {cpu:.2f} s, load {load:.1f}-{os.getloadavg()[0]:.1f})"
+
+
+def compare_readers(root: Path, old, rounds: int) -> None:
+    """The three reads with the old and the current logs module in turn, on the same files."""
+    steps = {
+        "read + operations": lambda reader: operations.operations(
+            operations.traffic_of(reader.iter_frames(root, only=operations.LOG_FIELDS)),
+            reader.read_outcomes(root),
+        ),
+        "read alone, the join's fields": lambda reader: sum(
+            len(frame) for frame in reader.iter_frames(root, only=labels.LOG_FIELDS)
+        ),
+        "join + live metrics": lambda reader: timed_join(labels, root, reader),
+    }
+    for name, step in steps.items():
+        for n in range(rounds):
+            for label, reader in (("before", old), ("after ", logs)):
+                print(f"  {name:<30} round {n + 1} {label}: {measured(step, reader)}")
+    _, before = timed_join(labels, root, old)
+    _, after = timed_join(labels, root, logs)
+    print(f"  same join report and metrics with both readers: {before == after}")
+
+
+def load_module(path: str, name: str = "baseline_labels"):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
@@ -107,6 +147,8 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--baseline", help="an older labels.py to time beside the current one")
+    parser.add_argument("--baseline-logs", help="an older logs.py to time beside the current one")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each reader with --baseline-logs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="monitor-logs-") as folder:
         root = Path(folder)
@@ -158,6 +200,9 @@ def main() -> None:
         labels.live_performance(joined, "yes", 30)
         operations.operations(traffic, logs.read_outcomes(root))
         print(f"one pass, operations + join + live metrics: {time.perf_counter() - started:.2f} s")
+        if args.baseline_logs:
+            print(f"old reader {args.baseline_logs} against the current one, alternating:")
+            compare_readers(root, load_module(args.baseline_logs, "baseline_logs"), args.rounds)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of the whole run (writing included): {peak:.0f} MB")
 

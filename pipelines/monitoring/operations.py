@@ -13,8 +13,9 @@ percentile is within `RELATIVE_ERROR` (1 %) of the exact nearest-rank value (num
 Beside them, `latency_buckets` counts requests in the service's own histogram buckets (`le`, in
 seconds, cumulative), and `outcomes` holds the outcome counts of `tabular_predictions_total`: over
 the same replay they equal /metrics exactly (the outcome names are the service's own, written by
-the same call that counts them). Two limits: the log rounds latency to
-1 µs, so a request within 0.5 µs of a bucket bound may land in the neighbouring bucket; and the
+the same call that counts them). The log holds the latency /metrics observed, unrounded (in
+ms, where /metrics has seconds: only a value within a float's last digit of a bucket bound could
+fall on the other side). One limit: the
 current outcome window of a running worker is written only when the next one starts. Over longer
 spans they differ by design: /metrics restarts from zero with each service start, and the log
 loses its oldest rotated files beyond `serving.prediction_log.keep`.
@@ -34,7 +35,7 @@ import pandas as pd
 # tabular_predict_latency_seconds' buckets (pipelines/serving/worker.py); a test checks they agree.
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 GROWTH = 1.02  # each percentile bin is 2 % wider than the last
-MIN_MS = 1e-3  # the log's resolution (latency is rounded to 1 µs); smaller values share bin 0
+MIN_MS = 1e-3  # 1 µs: smaller latencies share bin 0
 BINS = math.ceil(math.log(1e9) / math.log(GROWTH))  # 1 µs .. 1,000 s, beyond which bins clip
 RELATIVE_ERROR = math.sqrt(GROWTH) - 1  # the bin's geometric middle is this close to any value in it
 # Outcomes that are the service's failures, and load it shed; every other non-ok is a refusal

@@ -52,7 +52,7 @@ def numeric_stats(series: pd.Series, *, sample_size: int, bins: int, seed: int) 
     take = min(sample_size, values.size)
     # Sorted, so the JSON does not depend on the frame's row order beyond the seeded draw.
     sample = np.sort(rng.choice(values, size=take, replace=False)) if take < values.size else np.sort(values)
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    edges = off_the_values(np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])), values)
     q1, q3 = np.quantile(values, [0.25, 0.75])
     return stats | {
         "sample": [_plain(v) for v in sample],
@@ -64,6 +64,21 @@ def numeric_stats(series: pd.Series, *, sample_size: int, bins: int, seed: int) 
         "sd": _plain(values.std(ddof=1)) if values.size > 1 else 0.0,
         "iqr": _plain(q3 - q1),
     }
+
+
+def off_the_values(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Quantile edges of a column with repeated values fall on the values themselves; a value
+    1e-7 away (float32 scoring, rounding) then changes bin. Each edge that is a value moves to
+    the midpoint with the next distinct value: every training value keeps its bin, and a nearby
+    value joins it. An edge on the largest value would leave the top bin empty in training and
+    catch any value a hair above it: it is dropped."""
+    distinct = np.unique(values)
+    edges = edges[edges < distinct[-1]] if distinct.size else edges
+    at = np.searchsorted(distinct, edges, side="left")
+    following = at + 1 < distinct.size
+    on_value = following & (distinct[np.minimum(at, distinct.size - 1)] == edges)
+    midpoints = (edges + distinct[np.minimum(at + 1, distinct.size - 1)]) / 2
+    return np.where(on_value, midpoints, edges)
 
 
 def bin_shares(values: np.ndarray, edges: np.ndarray | list[float]) -> np.ndarray:

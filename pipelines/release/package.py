@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipelines.core import files, stores
@@ -218,13 +219,29 @@ def reference_settings(params: dict) -> dict[str, Any]:
     return settings | {"schema_version": reference.SCHEMA_VERSION}
 
 
-def monitoring_reference(model: Any, meta: dict[str, Any], lineage: dict[str, str], params: dict) -> bytes:
+def served_scores(model: Any, onnx: bytes | None, meta: dict[str, Any], X: pd.DataFrame) -> np.ndarray:
+    """Scores as the service computes them: the compiled graph when one serves, else scikit-learn."""
+    from pipelines.serving.runtimes import CompiledRuntime, model_outputs
+
+    if onnx is not None:
+        runtime = CompiledRuntime(onnx, meta["compiled"]["inputs"], meta["task"], threads=0)
+        return runtime.run(runtime.frame_feeds(X))
+    return model_outputs(model, X, meta["task"])
+
+
+def monitoring_reference(
+    model: Any, onnx: bytes | None, meta: dict[str, Any], lineage: dict[str, str], params: dict
+) -> bytes:
     """The champion's monitoring reference as JSON bytes: its training split's features (the
-    contract's fields) and its own predictions on them. `source.matches_lineage` says whether the
-    training split on disk is the data the model was trained on (the run's data MD5); the
-    monitor reports a reference built from other data."""
+    contract's fields) and its predictions on them **as served**: by the runtime that serves
+    (the compiled graph, or scikit-learn), probabilities rounded as the answers and the log round
+    them. Scores that take few distinct values then match the logged ones exactly; computed by
+    scikit-learn unrounded, they sat 1e-7 off each atom, and unchanged traffic read as drifted
+    (KS p 1e-34, PSI 5.6). `source.matches_lineage` says whether the training split on disk is
+    the data the model was trained on (the run's data MD5)."""
     from pipelines.modeling import metrics
     from pipelines.monitoring import labels, reference
+    from pipelines.serving.answers import PROBABILITY_DECIMALS
 
     train_path = Path(params["paths"]["train"])
     if not train_path.is_file():
@@ -237,25 +254,26 @@ def monitoring_reference(model: Any, meta: dict[str, Any], lineage: dict[str, st
         raise PipelineError(f"the training split at {train_path} lacks columns the champion takes")
     X = train[list(getattr(model, "feature_names_in_", features))]
     settings = reference_settings(params)
+    scores = served_scores(model, onnx, meta, X)
     if meta["task"] == "classification":
-        classes = [labels.class_key(c.item() if hasattr(c, "item") else c) for c in model.classes_]
-        probabilities = pd.DataFrame(model.predict_proba(X), columns=classes, index=X.index)
-        predicted = probabilities.idxmax(axis=1)
+        plain = [c.item() if hasattr(c, "item") else c for c in model.classes_]
+        classes = [labels.class_key(c) for c in plain]
+        rounded = np.round(scores.astype(float), PROBABILITY_DECIMALS)
+        probabilities = pd.DataFrame(rounded, columns=classes, index=X.index)
+        predicted = pd.Series(np.asarray(classes, dtype=object)[scores.argmax(axis=1)], index=X.index)
         positive = None
         if len(classes) == 2:
             # The run records the positive class as text; the log keys classes as JSON does.
-            named = [c for c in model.classes_ if str(c) == str(meta.get("positive_class"))]
+            named = [c for c in plain if str(c) == str(meta.get("positive_class"))]
             if not named and meta["target"] in train.columns:
                 named = [metrics.positive_label(train[meta["target"]])]
-            positive = (
-                labels.class_key(named[0].item() if hasattr(named[0], "item") else named[0])
-                if named
-                else None
-            )
+            first = named[0].item() if named and hasattr(named[0], "item") else (named or [None])[0]
+            positive = labels.class_key(first) if named else None
         series, kind = reference.prediction_series(meta["task"], predicted, probabilities, positive)
         form = {"form": "probability", "class": positive} if kind == "numeric" else {"form": "class"}
     else:
-        series, kind = reference.prediction_series(meta["task"], pd.Series(model.predict(X)), None)
+        values = pd.Series(scores.astype(float).ravel(), index=X.index)
+        series, kind = reference.prediction_series(meta["task"], values, None)
         form = {"form": "value"}
     built = reference.build_reference(
         train[features],
@@ -371,7 +389,7 @@ def import_champion(client: Any, name: str, params: dict) -> Any:
     reference = logged_reference(client, version)
     fresh = reference is None or not same_settings(reference, params)
     if fresh:
-        reference = monitoring_reference(loaded.model, meta, meta["lineage"], params)
+        reference = monitoring_reference(loaded.model, onnx, meta, meta["lineage"], params)
     model = store_model(meta, loaded.data, onnx, labels, reference)
     verify_stored(model)
     record_compilation(client, version, meta["compiled"], Path(model.path) / bundle.COMPILED_FILE)

@@ -24,6 +24,9 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+PROBABILITY_DECIMALS = 6  # answers and the log carry probabilities rounded to this
+
+
 def labels(loaded: LoadedModel, proba: np.ndarray) -> list[Any]:
     return [_plain(v) for v in np.asarray(loaded.classes, dtype=object)[proba.argmax(axis=1)]]
 
@@ -36,7 +39,7 @@ def answer(
     if loaded.task != "classification":
         return scores.astype(float).ravel().tolist(), None
     names = [str(c) for c in loaded.classes]
-    rounded = np.round(scores.astype(float), 6).tolist()
+    rounded = np.round(scores.astype(float), PROBABILITY_DECIMALS).tolist()
     return labels(loaded, scores), [dict(zip(names, row, strict=True)) for row in rounded]
 
 
@@ -46,7 +49,9 @@ def answer_frame(loaded: LoadedModel, X: pd.DataFrame) -> tuple[list[Any], pd.Da
     if loaded.task != "classification":
         return scores.astype(float).ravel().tolist(), None
     columns = [f"probability_{c}" for c in loaded.classes]
-    return labels(loaded, scores), pd.DataFrame(scores.astype(float), columns=columns).round(6)
+    return labels(loaded, scores), pd.DataFrame(scores.astype(float), columns=columns).round(
+        PROBABILITY_DECIMALS
+    )
 
 
 def response_body(

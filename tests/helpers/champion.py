@@ -88,6 +88,11 @@ def package_project(root, params, repo, limits=None, compile=None):
     project_params = yaml.safe_load((repo / "params.yaml").read_text())
     settings = project_params["serving"]
     params["batch"] = project_params["batch"]
+    # What `make package` builds the monitoring reference with, and what `make monitor` reads.
+    for section in ("monitor", "seed", "validate", "run"):
+        params.setdefault(section, project_params[section])
+    params["paths"].setdefault("reports", str(root / "reports"))
+    params["paths"].setdefault("monitor", str(root / "reports" / "monitor.json"))
     params["serving"] = {
         **settings,
         "bentoml_home": None,  # BentoML's own default: ~/bentoml, with HOME set to `root` below

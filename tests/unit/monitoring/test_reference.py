@@ -149,3 +149,21 @@ def test_an_empty_or_mismatched_training_set_is_refused() -> None:
         build(features.iloc[:0], score.iloc[:0])
     with pytest.raises(ValueError, match="length"):
         build(features, score.iloc[:5])
+
+
+def test_bins_of_a_column_with_few_values_do_not_move_when_a_value_moves_by_rounding():
+    """Scores of a model that predicts from one category take three values; the log carries them
+    rounded, or computed in float32, about 1e-7 away. Each value must stay in its bin."""
+    from pipelines.monitoring.reference import bin_shares, numeric_stats
+
+    rng = np.random.default_rng(0)
+    atoms = np.array([0.2977908266, 0.5977908266, 0.8012345678])
+    values = rng.choice(atoms, size=3000, p=[0.3, 0.4, 0.3])
+    stats = numeric_stats(pd.Series(values), sample_size=500, bins=10, seed=0)
+    assert not set(stats["edges"]) & set(atoms)
+    for nudge in (-1e-7, 1e-7):
+        assert bin_shares(values + nudge, stats["edges"]).tolist() == stats["bin_shares"]
+    # Continuous values are binned as before: the edges are quantiles of the data.
+    smooth = rng.normal(size=3000)
+    edges = numeric_stats(pd.Series(smooth), sample_size=500, bins=10, seed=0)["edges"]
+    assert np.allclose(edges, np.quantile(smooth, np.linspace(0, 1, 11)[1:-1]), atol=1e-3)
