@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import resource
@@ -35,6 +36,7 @@ from pipelines.monitoring import labels, logs, operations
 from pipelines.serving.prediction_log import PredictionLog
 
 RECORDS_PER_REQUEST = 10
+EXAMPLES = 5  # example keys per problem, as monitor.examples
 NUMERIC, CATEGORICAL = 15, 5  # 20 input columns, as in the issue's drift targets
 
 
@@ -89,9 +91,10 @@ def write_labels(root: Path, keys: list[tuple[str, int, float]], count: int, see
 def timed_join(module, root: Path, reader=logs) -> tuple[float, dict]:
     """read_labels + join + live_performance of one labels module, as `make monitor` runs them."""
     started = time.perf_counter()
-    joined = module.join(
-        reader.iter_frames(root, only=module.LOG_FIELDS), module.read_labels(root), timedelta(hours=1)
-    )
+    frames = reader.iter_frames(root, only=module.LOG_FIELDS)
+    # A baseline module from before `examples` was a parameter takes none.
+    extra = {"examples": EXAMPLES} if "examples" in inspect.signature(module.join).parameters else {}
+    joined = module.join(frames, module.read_labels(root), timedelta(hours=1), **extra)
     live = module.live_performance(joined, "yes", 30)
     return time.perf_counter() - started, live
 
@@ -196,7 +199,7 @@ def main() -> None:
                 operations.add_frame(traffic, frame)
                 yield frame
 
-        joined = labels.join(counted(), labels.read_labels(root), timedelta(hours=1))
+        joined = labels.join(counted(), labels.read_labels(root), timedelta(hours=1), examples=EXAMPLES)
         labels.live_performance(joined, "yes", 30)
         operations.operations(traffic, logs.read_outcomes(root))
         print(f"one pass, operations + join + live metrics: {time.perf_counter() - started:.2f} s")

@@ -44,7 +44,6 @@ _PARSE = pj.ParseOptions(
     unexpected_field_behavior="infer",
 )
 LOG_FIELDS = ("prediction", "probabilities")  # logs.iter_frames(only=...): what the join reads
-EXAMPLES = 5  # example keys given for each kind of problem
 CAVEAT = (
     "label-free estimate: the mean of each prediction's highest class probability. It follows "
     "accuracy when the inputs shift but the model stays calibrated; it is blind when the relation "
@@ -168,8 +167,10 @@ class LabelReport:
     joined: int = 0
 
 
-def _keys(frame: pd.DataFrame) -> list[str]:
-    return [f"{rid}#{rec}" for rid, rec in zip(frame["request_id"], frame["record"], strict=True)][:EXAMPLES]
+def _keys(frame: pd.DataFrame, examples: int) -> list[str]:
+    """Up to `examples` keys, as `request_id#record` (ids the service gave, never values)."""
+    head = frame.head(examples)
+    return [f"{rid}#{rec}" for rid, rec in zip(head["request_id"], head["record"], strict=True)]
 
 
 def _identity(value: Any) -> str:
@@ -184,8 +185,9 @@ def _identity(value: Any) -> str:
     return "n" + str(value)
 
 
-def first_labels(labels: pd.DataFrame) -> tuple[pd.DataFrame, LabelReport]:
-    """One label per key, the first received (file order breaks ties), and the counts."""
+def first_labels(labels: pd.DataFrame, examples: int) -> tuple[pd.DataFrame, LabelReport]:
+    """One label per key, the first received (file order breaks ties), and the counts, with up
+    to `examples` example keys per problem (`monitor.examples`)."""
     ordered = labels.sort_values("received_at", kind="stable")
     # Keys and label identities as dense integer codes (each below the line count n, so a pair
     # below n * n: no overflow under 3e9 lines), so numpy counts them.
@@ -206,7 +208,7 @@ def first_labels(labels: pd.DataFrame) -> tuple[pd.DataFrame, LabelReport]:
         keys=len(first),
         resubmitted=len(ordered) - len(pairs),
         conflicting=len(conflicts),
-        conflict_examples=_keys(conflicts.sort_values(KEY)),
+        conflict_examples=_keys(conflicts.sort_values(KEY), examples),
     )
     return first.reset_index(drop=True), report
 
@@ -219,12 +221,13 @@ class Joined:
     windows: pd.DataFrame  # index (window_start, model_version); predictions, confidence_sum
     report: LabelReport
     classes: list[str]
+    examples: int  # example keys per problem
 
 
-def join(frames: Iterable[pd.DataFrame], labels: pd.DataFrame, window: timedelta) -> Joined:
+def join(frames: Iterable[pd.DataFrame], labels: pd.DataFrame, window: timedelta, *, examples: int) -> Joined:
     """Streams the log once: each frame's labelled records are kept, the rest only counted, so
     memory grows with the labels, not the log. `labels` are read_labels' lines."""
-    unique, report = first_labels(labels)
+    unique, report = first_labels(labels, examples)
     find = _Finder(unique)
     seen = np.zeros(len(unique), dtype=bool)
     totals: dict[tuple[Any, Any], list[float]] = {}
@@ -245,8 +248,8 @@ def join(frames: Iterable[pd.DataFrame], labels: pd.DataFrame, window: timedelta
             parts.append(part.assign(window_start=start[hit], _label=position[hit]))
     rows = _labelled(parts, unique)
     unknown = unique[~seen]
-    report.unknown, report.unknown_examples = len(unknown), _keys(unknown)
-    return Joined(rows, _windows(totals), report, classes)
+    report.unknown, report.unknown_examples = len(unknown), _keys(unknown, examples)
+    return Joined(rows, _windows(totals), report, classes, examples)
 
 
 class _Finder:
@@ -338,17 +341,26 @@ def class_key(value: Any) -> str:
     return str(value)
 
 
-def _valid(rows: pd.DataFrame, classes: list[str], report: LabelReport) -> pd.DataFrame:
-    """The joined rows whose label the model could have predicted; the others are counted."""
-    if classes:
-        label = pd.Series([class_key(value) for value in rows["label"]], index=rows.index, dtype=object)
-        ok = label.isin(classes)
+def valid_rows(joined: Joined) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The joined rows whose label the model could have predicted (labels as the log names the
+    classes), and the others."""
+    rows = joined.rows
+    if joined.classes:
+        label = rows["label"].map(class_key)
+        ok = label.isin(joined.classes)
         rows = rows.assign(label=label)
     else:
         ok = rows["label"].map(lambda value: isinstance(value, int | float) and not isinstance(value, bool))
-    report.invalid, report.invalid_examples = int((~ok).sum()), _keys(rows[~ok])
-    report.joined = int(ok.sum())
-    return rows[ok]
+    return rows[ok], rows[~ok]
+
+
+def _valid(joined: Joined) -> pd.DataFrame:
+    """valid_rows, with the others counted in the join's report."""
+    valid, invalid = valid_rows(joined)
+    report = joined.report
+    report.invalid, report.invalid_examples = len(invalid), _keys(invalid, joined.examples)
+    report.joined = len(valid)
+    return valid
 
 
 def window_scores(rows: pd.DataFrame, classes: list[str], positive: Any) -> dict[str, float | None]:
@@ -373,7 +385,7 @@ def window_scores(rows: pd.DataFrame, classes: list[str], positive: Any) -> dict
 def live_performance(joined: Joined, positive: Any, min_labels: int) -> dict[str, Any]:
     """Per prediction-time window and model version: predictions, labelled rows, label coverage,
     the training metrics (None below `min_labels`), and for classification the label-free estimate."""
-    rows = _valid(joined.rows, joined.classes, joined.report)
+    rows = _valid(joined)
     groups = dict(iter(rows.groupby(["window_start", "model_version"], sort=False)))
     windows = []
     for (start, version), totals in joined.windows.iterrows():

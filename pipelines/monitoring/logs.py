@@ -15,11 +15,11 @@ against 3.0 s for `json.loads` per line; chunks parsed by `read_json` while a th
 next were slower (11.4 s against 9.1 s for bench/monitor_logs.py's 1M lines). All on a loaded
 2-core machine.
 
-Where the time goes (cProfile and CPU time, 1M lines, the join's fields): gunzip about 1.5 CPU s,
-tokenising every byte of every line about 2.9 s (the same with every field ignored), building the
-wanted columns about 1.3 s, and the pandas conversion 0.26 s. So the reader saves little by doing
-less; instead a thread reads `READAHEAD` frames ahead (pyarrow parses and gunzips without the GIL),
-and the caller's work on one frame (the join, the operations figures) overlaps the reading of the next.
+Where the time goes, 1M lines with the join's fields (cProfile and CPU seconds): gunzip about
+1.5 s, pyarrow's tokenising of every byte about 2.9 s (the same with every field ignored), building
+the wanted columns about 1.3 s, and the pandas conversion in `_frame` 0.26 s. Converting fewer
+columns therefore cannot save much. A thread reading frames ahead of the caller did not help either
+(same CPU; pyarrow already gunzips and parses on its own threads): bench/README.md has the figures.
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from queue import Full, Queue
 
 import pandas as pd
 import pyarrow as pa
@@ -40,7 +38,6 @@ import pyarrow.json as pj
 from pipelines.monitoring.errors import MonitorError
 
 BLOCK_BYTES = 16 << 20  # one pyarrow block (~35k lines of 20 inputs): a frame's size, whatever the log's
-READAHEAD = 2  # frames a thread reads ahead of the caller: memory is a few frames, whatever the log's size
 INPUTS = "inputs."
 PROBABILITIES = "probabilities."
 # Fixed by the writer (pipelines/serving/log_lines.encode); inputs, prediction and probabilities are inferred.
@@ -79,23 +76,14 @@ def log_files(root: str | Path) -> list[tuple[str, Path]]:
 
 
 def iter_frames(
-    root: str | Path,
-    block_bytes: int = BLOCK_BYTES,
-    only: Collection[str] | None = None,
-    readahead: int = READAHEAD,
+    root: str | Path, block_bytes: int = BLOCK_BYTES, only: Collection[str] | None = None
 ) -> Iterator[pd.DataFrame]:
     """Every logged record, as frames of at most one block each. Raises MonitorError when the folder
     is missing, when it holds no record, or at the first corrupt line (naming file and line).
 
     `only` names the top-level fields wanted besides the fixed ones (e.g. `prediction`,
     `probabilities`; `()` for none): the parser then skips the others, which on 20 input columns
-    made reading 2-4x faster (bench/monitor_logs.py). A thread reads up to `readahead` frames ahead
-    (0: none); the frames, their order and the errors are the same either way."""
-    frames = _frames(root, block_bytes, only)
-    return _ahead(frames, readahead) if readahead > 0 else frames
-
-
-def _frames(root: str | Path, block_bytes: int, only: Collection[str] | None) -> Iterator[pd.DataFrame]:
+    made reading 2-4x faster (bench/monitor_logs.py)."""
     empty = True
     for worker, path in log_files(root):
         for frame in _file_frames(path, block_bytes, only):
@@ -105,49 +93,6 @@ def _frames(root: str | Path, block_bytes: int, only: Collection[str] | None) ->
                 yield frame
     if empty:
         raise MonitorError(f"the prediction log in {Path(root) / 'predictions'} holds no records")
-
-
-def _ahead(frames: Iterator[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]:
-    """`frames`, produced by a thread at most `size` frames ahead of the caller. An error is raised
-    where `frames` raised it; a caller that stops early stops the thread (and closes `frames`)."""
-    queue: Queue[tuple[pd.DataFrame | None, BaseException | None]] = Queue(maxsize=size)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for frame in frames:
-                if not _put(queue, (frame, None), stop):
-                    return
-            _put(queue, (None, None), stop)
-        except BaseException as error:  # handed to the caller, who raises it
-            _put(queue, (None, error), stop)
-        finally:
-            frames.close()
-
-    thread = threading.Thread(target=produce, name="prediction-log-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            frame, error = queue.get()
-            if error is not None:
-                raise error
-            if frame is None:
-                return
-            yield frame
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _put(queue: Queue, item: tuple, stop: threading.Event) -> bool:
-    """Puts `item` once there is room; False if the caller stopped reading first."""
-    while not stop.is_set():
-        try:
-            queue.put(item, timeout=0.05)
-            return True
-        except Full:
-            continue
-    return False
 
 
 def _open(path: Path) -> pa.NativeFile:

@@ -230,10 +230,11 @@ def performance(
     joined = None
     if len(found):
         span = timedelta(minutes=chosen.performance_window_minutes)
-        joined = labels.join(logs.iter_frames(folder, only=labels.LOG_FIELDS), found, span)
+        frames = logs.iter_frames(folder, only=labels.LOG_FIELDS)
+        joined = labels.join(frames, found, span, examples=chosen.examples)
         positive = next((p for p in map(positive_class, served.values()) if p is not None), None)
         overall = labels.live_performance(joined, positive, chosen.min_labels)
-        valid = labels._valid(joined.rows, joined.classes, labels.LabelReport())
+        valid, _ = labels.valid_rows(joined)
     else:
         overall = {"windows": [], "labels": vars(labels.LabelReport())}
         valid = pd.DataFrame(columns=[*labels.KEY, "model_version", "timestamp"])

@@ -15,6 +15,7 @@ from pipelines.serving.prediction_log import PredictionLog
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(hours=1)
+EXAMPLES = 5  # example keys per problem (monitor.examples)
 
 
 def fixed_clock(monkeypatch):
@@ -65,7 +66,9 @@ def write_labels(root, writer, entries):
 
 
 def run(root, positive="yes", min_labels=1):
-    joined = labels.join(logs.iter_frames(root, only=labels.LOG_FIELDS), labels.read_labels(root), WINDOW)
+    joined = labels.join(
+        logs.iter_frames(root, only=labels.LOG_FIELDS), labels.read_labels(root), WINDOW, examples=EXAMPLES
+    )
     return labels.live_performance(joined, positive, min_labels)
 
 
@@ -305,7 +308,7 @@ def test_labels_keep_their_json_type_whichever_reader_reads_them(tmp_path, value
 def test_first_label_identity_follows_json_equality(tmp_path):
     """1, 1.0 and true are one label (a resubmission); 1 and "1" are two (a conflict)."""
     write_labels(tmp_path, "a", [("k", 0, 1), ("k", 0, 1.0), ("k", 0, True), ("j", 0, 1), ("j", 0, "1")])
-    _, report = labels.first_labels(labels.read_labels(tmp_path))
+    _, report = labels.first_labels(labels.read_labels(tmp_path), EXAMPLES)
     assert (report.keys, report.resubmitted, report.conflicting, report.conflict_examples) == (
         2,
         2,
@@ -324,7 +327,7 @@ def test_each_labelled_record_joins_once_over_many_frames_and_a_file_read_twice(
     write_labels(root, "a", [(rid, rec, label) for (rid, rec), label in chosen.items()] + [("r5", 99, "no")])
     frames = list(logs.iter_frames(root, block_bytes=1024, only=labels.LOG_FIELDS))
     assert len(frames) > 10
-    joined = labels.join(frames + frames, labels.read_labels(root), WINDOW)
+    joined = labels.join(frames + frames, labels.read_labels(root), WINDOW, examples=EXAMPLES)
     got = {
         (rid, rec): (label, prediction)
         for rid, rec, label, prediction in joined.rows[

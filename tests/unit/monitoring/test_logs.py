@@ -4,7 +4,6 @@
 import gzip
 import json
 import shutil
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -206,43 +205,3 @@ def test_a_type_unlike_the_first_lines_is_read_by_inference(tmp_path):
         assert len(frame) == 300 and frame["request_id"].is_unique
         assert list(frame["prediction"].iloc[:2]) == [1.0, 1.5]
     assert (frame["inputs.note"].iloc[200:] == "set").all()
-
-
-def _reader_threads():
-    return [t for t in threading.enumerate() if t.name == "prediction-log-reader"]
-
-
-def test_reading_ahead_keeps_the_frames_their_order_and_the_writers_order(two_workers):
-    ahead = list(logs.iter_frames(two_workers, block_bytes=1024))
-    inline = list(logs.iter_frames(two_workers, block_bytes=1024, readahead=0))
-    assert len(ahead) > 5  # small blocks: many frames cross the thread
-    assert len(ahead) == len(inline)
-    for got, expected in zip(ahead, inline, strict=True):
-        pd.testing.assert_frame_equal(got, expected)
-    frame = pd.concat(ahead, ignore_index=True)
-    # The writer's order: worker 0's requests (rotated files first), then worker 1's.
-    expected = [f"req-0-{i}" for i in range(30) for _ in range(3)] + [
-        f"req-1-{i}" for i in range(5) for _ in range(2)
-    ]
-    assert list(frame["request_id"]) == expected
-    assert not _reader_threads()
-
-
-def test_an_error_comes_after_the_frames_before_it_when_reading_ahead(two_workers):
-    path = two_workers / "predictions" / "predictions.1.jsonl"
-    path.write_bytes(path.read_bytes() + b"not json\n")  # line 11: worker 1 wrote 5 x 2 records
-    got = []
-    with pytest.raises(MonitorError, match=r"predictions\.1\.jsonl: a corrupt line at line 11 "):
-        for frame in logs.iter_frames(two_workers, block_bytes=1024):
-            got.append(frame)
-    # Every record of worker 0 (whose files are read first) arrived before the error.
-    assert set(pd.concat(got)["request_id"]) >= {f"req-0-{i}" for i in range(30)}
-    assert not _reader_threads()
-
-
-def test_a_reader_stopped_early_stops_its_thread(two_workers):
-    frames = logs.iter_frames(two_workers, block_bytes=1024, readahead=1)
-    first = next(frames)
-    assert len(first) and len(_reader_threads()) == 1
-    frames.close()
-    assert not _reader_threads()
