@@ -233,8 +233,13 @@ def performance(
         frames = logs.iter_frames(folder, only=labels.LOG_FIELDS)
         joined = labels.join(frames, found, span, examples=chosen.examples)
         positive = next((p for p in map(positive_class, served.values()) if p is not None), None)
-        overall = labels.live_performance(joined, positive, chosen.min_labels)
         valid, _ = labels.valid_rows(joined)
+        if len(joined.classes) == 2 and positive is None:
+            # Binary metrics need the positive class, which only a reference records: with no
+            # version's reference found, the labels are counted and no metric is claimed.
+            overall = {"windows": [], "labels": vars(joined.report), "status": "no_reference"}
+        else:
+            overall = labels.live_performance(joined, positive, chosen.min_labels)
     else:
         overall = {"windows": [], "labels": vars(labels.LabelReport())}
         valid = pd.DataFrame(columns=[*labels.KEY, "model_version", "timestamp"])
@@ -256,7 +261,10 @@ def performance(
             "live": None,
             "reference": item.holdout if isinstance(item, references.Served) else {},
         }
-        if enough and joined is not None:
+        binary_unknown = joined is not None and len(joined.classes) == 2 and positive_class(item) is None
+        if enough and binary_unknown:
+            entry["status"] = "no_reference"  # the positive class is unknown: see references
+        elif enough and joined is not None:
             entry["live"] = labels.window_scores(rows, joined.classes, positive_class(item))
         if probability:
             entry["estimated_accuracy"] = float(part[probability].max(axis=1).mean())

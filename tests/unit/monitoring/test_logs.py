@@ -2,16 +2,21 @@
 (PredictionLog), including a rotated .gz file and two workers; and the one-line errors."""
 
 import gzip
+import itertools
 import json
+import os
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc as ipc
 import pytest
 
 from pipelines.monitoring import logs
 from pipelines.monitoring.errors import MonitorError
-from pipelines.serving import log_lines
+from pipelines.serving import log_files, log_lines
 from pipelines.serving.prediction_log import PredictionLog
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -205,3 +210,187 @@ def test_a_type_unlike_the_first_lines_is_read_by_inference(tmp_path):
         assert len(frame) == 300 and frame["request_id"].is_unique
         assert list(frame["prediction"].iloc[:2]) == [1.0, 1.5]
     assert (frame["inputs.note"].iloc[200:] == "set").all()
+
+
+# --- the cache of parsed rotated files (<log dir>/cache/) ---
+
+
+@pytest.fixture
+def rotated(tmp_path, monkeypatch):
+    """Worker 0 rotates into .gz files, worker 2 into plain ones (compress off), worker 1 never."""
+    clock = Clock.install(monkeypatch)
+    w0 = PredictionLog(tmp_path, 0, {"max_bytes": 4096, "fsync": "none"})
+    w2 = PredictionLog(tmp_path, 2, {"max_bytes": 4096, "fsync": "none", "compress": False})
+    w1 = PredictionLog(tmp_path, 1, {"fsync": "none"})
+    for i in range(30):
+        clock.now_value = T0 + timedelta(seconds=i)
+        request(w0, 3, i)
+        request(w2, 2, i, version="3")
+    for i in range(5):
+        clock.now_value = T0 + timedelta(seconds=100 + i)
+        request(w1, 2, i, version="2")
+    for log in (w0, w1, w2):
+        log.close()
+    return tmp_path
+
+
+def rotated_names(root):
+    return {path.name for path in (root / "predictions").iterdir() if log_files.ROTATED.fullmatch(path.name)}
+
+
+def entries(root):
+    return {path.name for path in (root / "cache").iterdir()}
+
+
+def opened(monkeypatch):
+    """The names of the files parsed from now on (a recording wrapper; the parse itself is real)."""
+    names = []
+    real = logs._open
+
+    def recording(path):
+        names.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(logs, "_open", recording)
+    return names
+
+
+def test_cached_frames_are_the_parsed_frames_and_active_files_are_never_cached(rotated, monkeypatch):
+    names = rotated_names(rotated)
+    assert any(n.endswith(".gz") for n in names) and any(n.endswith(".jsonl") for n in names), names
+    for only in (None, (), ("prediction", "probabilities"), ("probabilities", "inputs")):
+        parsed = list(logs.iter_frames(rotated, only=only, cache=False))
+        assert not (rotated / "cache").exists()  # off means off: nothing written
+        first = list(logs.iter_frames(rotated, only=only))  # fills the cache
+        parses = opened(monkeypatch)
+        again = list(logs.iter_frames(rotated, only=only))  # from the cache
+        monkeypatch.undo()
+        # Only the active files are parsed (twice where a type inferred from line 1 fails).
+        assert set(parses) == {"predictions.0.jsonl", "predictions.1.jsonl", "predictions.2.jsonl"}
+        for frames in (first, again):
+            assert len(frames) == len(parsed)
+            for got, want in zip(frames, parsed, strict=True):
+                pd.testing.assert_frame_equal(got, want)
+        shutil.rmtree(rotated / "cache")
+    assert list(parsed[0].columns[5:8]) == ["probabilities.no", "probabilities.yes", "inputs.age"]
+    list(logs.iter_frames(rotated))
+    assert entries(rotated) == {f"{name}.arrow" for name in names}  # the active files have none
+    folder = (rotated / "cache").stat().st_mode & 0o777
+    assert folder == 0o700 and {(p.stat().st_mode & 0o777) for p in (rotated / "cache").iterdir()} == {0o600}
+
+
+def rewrite(path, lines):
+    data = b"".join(lines)
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+def source_lines(path):
+    return (
+        gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    ).splitlines(keepends=True)
+
+
+def test_an_entry_whose_source_changed_is_rebuilt(rotated):
+    list(logs.iter_frames(rotated))
+    gz = sorted(p for p in (rotated / "predictions").iterdir() if p.name.endswith(".gz"))[0]
+    lines = source_lines(gz)
+    rewrite(gz, lines[: len(lines) // 2])  # other content, other size
+    frame = pd.concat(logs.iter_frames(rotated), ignore_index=True)
+    pd.testing.assert_frame_equal(frame, pd.concat(logs.iter_frames(rotated, cache=False), ignore_index=True))
+    kept = {json.loads(line)["request_id"] for line in lines[: len(lines) // 2]}
+    gone = {json.loads(line)["request_id"] for line in lines[len(lines) // 2 :]} - kept
+    assert gone and not gone & set(frame["request_id"]) and kept <= set(frame["request_id"])
+    # The entry was rewritten from the new file: it holds its lines, not the old ones.
+    assert ipc.open_file(str(rotated / "cache" / f"{gz.name}.arrow")).read_all().num_rows == len(lines) // 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_damaged_entry_is_ignored_and_rebuilt(rotated, damage):
+    expected = pd.concat(logs.iter_frames(rotated, cache=False), ignore_index=True)
+    list(logs.iter_frames(rotated))
+    entry = sorted((rotated / "cache").iterdir())[0]
+    data = entry.read_bytes()
+    entry.write_bytes(
+        {"garbage": b"\x00junk" * 100, "truncated": data[: len(data) // 2], "empty": b""}[damage]
+    )
+    pd.testing.assert_frame_equal(pd.concat(logs.iter_frames(rotated), ignore_index=True), expected)
+    assert entry.read_bytes() == data  # rebuilt: the same bytes as the first build
+
+
+def test_an_entry_damaged_after_its_first_batch_gives_each_row_once(rotated):
+    expected = pd.concat(logs.iter_frames(rotated, cache=False), ignore_index=True)
+    list(logs.iter_frames(rotated, block_bytes=1024))  # entries of several batches
+    entry = rotated / "cache" / sorted(entries(rotated))[0]
+    reader = ipc.open_file(str(entry))
+    assert reader.num_record_batches > 1
+    good = reader.get_batch(0)
+    rest = pa.Table.from_batches([reader.get_batch(i) for i in range(1, reader.num_record_batches)])
+    broken = rest.set_column(0, "request_id", pa.nulls(rest.num_rows, pa.string())).combine_chunks()
+    with ipc.new_file(str(entry), reader.schema) as writer:  # the same key: only the data is bad
+        writer.write_batch(good)
+        writer.write_table(broken)
+    pd.testing.assert_frame_equal(pd.concat(logs.iter_frames(rotated), ignore_index=True), expected)
+    assert not entry.exists()  # dropped; the next read rebuilds it
+    list(logs.iter_frames(rotated))
+    assert ipc.open_file(str(entry)).read_all().column("request_id").null_count == 0
+
+
+def test_a_cache_folder_that_cannot_be_written_leaves_reading_as_it_was(rotated):
+    expected = pd.concat(logs.iter_frames(rotated, cache=False), ignore_index=True)
+    (rotated / "cache").write_text("not a folder")  # cannot be made, whoever runs the test
+    pd.testing.assert_frame_equal(pd.concat(logs.iter_frames(rotated), ignore_index=True), expected)
+    (rotated / "cache").unlink()
+    (rotated / "cache").mkdir(mode=0o500)
+    try:
+        if os.access(rotated / "cache", os.W_OK):
+            pytest.skip("running as root: chmod 0500 does not stop writes")
+        pd.testing.assert_frame_equal(pd.concat(logs.iter_frames(rotated), ignore_index=True), expected)
+        assert entries(rotated) == set()
+    finally:
+        (rotated / "cache").chmod(0o700)
+
+
+def test_the_entry_of_a_file_the_service_pruned_is_deleted(rotated):
+    list(logs.iter_frames(rotated))
+    before = rotated_names(rotated)
+    pruned = log_files.prune(rotated / "predictions", keep=2)  # the service's own pruning
+    assert pruned
+    frame = pd.concat(logs.iter_frames(rotated), ignore_index=True)
+    assert entries(rotated) == {f"{name}.arrow" for name in rotated_names(rotated)}
+    assert rotated_names(rotated) < before and len(entries(rotated)) == 2
+    pd.testing.assert_frame_equal(frame, pd.concat(logs.iter_frames(rotated, cache=False), ignore_index=True))
+
+
+def test_a_corrupt_rotated_file_raises_and_is_never_cached(rotated):
+    list(logs.iter_frames(rotated))  # its entry exists, from before the damage
+    gz = sorted(p for p in (rotated / "predictions").iterdir() if p.name.endswith(".gz"))[0]
+    lines = source_lines(gz)
+    rewrite(gz, [*lines[:4], b'{"request_id": "x", oops\n', *lines[4:]])
+    for _ in range(2):
+        with pytest.raises(
+            MonitorError, match=rf"^predictions/{re.escape(gz.name)}: a corrupt line at line 5 "
+        ):
+            list(logs.iter_frames(rotated))
+        assert f"{gz.name}.arrow" not in entries(rotated)
+
+
+def test_a_rotated_file_whose_types_change_is_cached_with_one_set_of_types(tmp_path):
+    log = PredictionLog(tmp_path, 0, {"max_bytes": 30_000, "fsync": "none"})
+    for i in range(300):  # an int prediction first, floats later; a note null, then text
+        log(f"r{i}", "1", [{"x": 1.0, "note": None if i < 150 else "set"}], [1 if i == 0 else 1.5], None, 1.0)
+    log.close()
+    (rotated_file,) = (tmp_path / "predictions").glob("predictions.0.*.jsonl.gz")
+    lines = [json.loads(line) for line in source_lines(rotated_file)]
+    assert 150 < len(lines) < 300  # the change is inside the rotated file
+    for only in (None, ("prediction", "inputs")):
+        frames = list(logs.iter_frames(tmp_path, block_bytes=4096, only=only))
+        ends = list(itertools.accumulate(len(f) for f in frames))
+        cached = frames[: ends.index(len(lines)) + 1]  # the rotated file's frames come first
+        assert (tmp_path / "cache" / f"{rotated_file.name}.arrow").exists()
+        assert all(f["prediction"].dtype == "float64" for f in cached)
+        assert len({str(f["inputs.note"].dtype) for f in cached}) == 1
+        frame = pd.concat(cached, ignore_index=True)
+        assert list(frame["request_id"]) == [line["request_id"] for line in lines]
+        assert list(frame["prediction"]) == [float(line["prediction"]) for line in lines]
+        notes = [line["inputs"]["note"] for line in lines]
+        assert [None if pd.isna(n) else n for n in frame["inputs.note"]] == notes

@@ -274,3 +274,26 @@ def test_a_stale_report_is_replaced_when_the_monitor_cannot_run(tmp_path, capsys
     target.write_text(json.dumps({"status": "ok", "exit_code": 0}))
     assert command.main(tmp_path, params, tmp_path / "nowhere") == 3
     assert json.loads(target.read_text())["status"] == "unknown"
+
+
+def test_labels_for_a_version_without_a_reference_are_counted_and_claim_no_metric(tmp_path, lookup):
+    """A binary model's metrics need its positive class, which only its reference records."""
+    frame = population(400, seed=18)
+    write_log(tmp_path, "7", frame)
+    lines = [
+        {
+            "request_id": f"req-7-{(i // 10) * 10}",
+            "record": i % 10,
+            "label": "yes" if i % 3 else "no",
+            "received_at": "2026-12-01T00:00:00+00:00",
+            "source": "bulk",
+        }
+        for i in range(len(frame))
+    ]
+    (tmp_path / "feedback").mkdir()
+    (tmp_path / "feedback" / "labels.t.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    report = monitor.run(tmp_path, project_params(), tmp_path)
+    live = report["performance"]["versions"]["7"]
+    assert live["labelled"] == 400 and live["live"] is None and live["status"] == "no_reference"
+    assert report["performance"]["labels"]["keys"] == 400 and report["performance"]["status"] == "no_reference"
+    assert report["exit_code"] != 0
