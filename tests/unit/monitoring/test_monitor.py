@@ -295,5 +295,7 @@ def test_labels_for_a_version_without_a_reference_are_counted_and_claim_no_metri
     report = monitor.run(tmp_path, project_params(), tmp_path)
     live = report["performance"]["versions"]["7"]
     assert live["labelled"] == 400 and live["live"] is None and live["status"] == "no_reference"
-    assert report["performance"]["labels"]["keys"] == 400 and report["performance"]["status"] == "no_reference"
+    assert (
+        report["performance"]["labels"]["keys"] == 400 and report["performance"]["status"] == "no_reference"
+    )
     assert report["exit_code"] != 0
