@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help env run repro promote package serve container batch-predict feedback monitor rollback test test-fast lab ui lint format lock clean
+.PHONY: help env run repro promote package serve container batch-predict feedback monitor rollback rollout test test-fast lab ui lint format lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,14 @@ monitor: $(ENV_STAMP) ## Judge the recent prediction log (PREDICTION_LOG_DIR, de
 
 rollback: $(ENV_STAMP) ## Move the champion alias back one step (REASON="...")
 	python -m pipelines rollback --reason "$${REASON:-manual rollback}"
+
+rollout: $(ENV_STAMP) ## Start, step or end a rollout: MODE=shadow|canary|off [SHARE=0.1], START=<version>, or FINISH=1
+	@if [ -n "$(START)" ]; then set -- --start "$(START)"
+	elif [ -n "$(FINISH)" ]; then set -- --finish
+	elif [ -n "$(MODE)" ]; then set -- --mode "$(MODE)" $(if $(SHARE),--share "$(SHARE)")
+	else echo "usage: make rollout MODE=shadow|canary|off [SHARE=0.1] | START=<version> | FINISH=1" >&2; exit 2
+	fi
+	python -m pipelines rollout "$$@" --reason "$${REASON:-manual rollout}"
 
 repro: run ## Same as run
 

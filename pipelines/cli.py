@@ -32,6 +32,21 @@ def rollback(root: Path, params: dict[str, Any], args: argparse.Namespace) -> st
     return promotion.summary(decision)
 
 
+def rollout(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
+    from pipelines.release import rollout as rollouts
+
+    decision = rollouts.run(
+        root,
+        params,
+        start_version=args.start,
+        mode=args.mode,
+        share=args.share,
+        finish_it=args.finish,
+        reason=args.reason,
+    )
+    return rollouts.summary(decision)
+
+
 def package(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
     from pipelines.release import package as packaging
 
@@ -105,6 +120,21 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     add(rollback.__name__, rollback, "move the champion alias back one step").add_argument(
         "--reason", default="manual rollback", help="recorded on the demoted version"
     )
+    rolling = add(
+        rollout.__name__, rollout, "start, step or end a rollout: the challenger alias and the rollout state"
+    )
+    action = rolling.add_mutually_exclusive_group(required=True)
+    action.add_argument(
+        "--start", metavar="VERSION", help="this registered version becomes challenger, in shadow"
+    )
+    action.add_argument("--mode", choices=("shadow", "canary", "off"), help="off takes the challenger out")
+    action.add_argument(
+        "--finish", action="store_true", help="the challenger becomes champion; the rollout ends"
+    )
+    rolling.add_argument(
+        "--share", type=float, help="canary only: the challenger's share, 0-1 (default: its step's)"
+    )
+    rolling.add_argument("--reason", default="manual", help="recorded with the decision")
     add(package.__name__, package, "import the champion into BentoML, compile it, build the bento")
     scoring = add(batch.__name__, batch, "score a CSV or Parquet file with the packaged champion")
     scoring.add_argument("source", help="input table (.csv, .tsv, .parquet; text may end .gz, .bz2, .xz)")

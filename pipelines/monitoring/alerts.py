@@ -34,7 +34,7 @@ that is absent is not judged (and a window with no judgeable drift is `unknown`,
 A window served by more than one model version (monitor.py) puts `drift`, `quality`,
 `performance` and `reference` ({"status": "found" | "missing", "reason", "matches_lineage"}) under
 `"versions": {<model_version>: {...}}` instead; each version is judged on its own, and its
-conditions end in `@v<version>` (`drift:tenure@v3`), so one version's alert never hides another's.
+conditions end in `@v<version>` (`drift:<column>@v3`), so one version's alert never hides another's.
 
 Output: `evaluate()` returns `{"status", "exit_code", "window", "alerts": [...]}`; each alert is
 `{"id", "severity", "kind", "condition", "message"[, "column"]}`. `condition` names what is wrong

@@ -83,7 +83,7 @@ def disagreements(claimed: dict[str, float], rescored: dict[str, float], source:
 def record(decision: dict, params: dict, root: Path) -> None:
     """The decision as JSON: the latest in paths.promotion, and appended to the store's log."""
     files.write_json(decision, params["paths"]["promotion"])
-    files.append_jsonl(decision, stores.mlflow_store(root, params) / "promotions.jsonl")
+    files.append_jsonl(decision, stores.mlflow_store(root, params) / registry.DECISIONS_FILE)
 
 
 def run_promotion(root: Path, params: dict) -> dict:

@@ -26,6 +26,7 @@ HISTORY_TAG = "champion.history"  # JSON list of versions, oldest first; the las
 STATE_TAG = "promotion.state"  # on a version: pending -> done, or abandoned (a crashed promotion)
 PENDING, DONE, ABANDONED = "pending", "done", "abandoned"
 LOCK_FILE = "promotions.lock"
+DECISIONS_FILE = "promotions.jsonl"  # every promotion, rollback and rollout decision, one JSON line each
 
 
 def now() -> str:
@@ -156,3 +157,134 @@ def rollback(client: Any, name: str, reason: str) -> tuple[str, str]:
     _point_previous(client, name, chain)
     _write_history(client, name, chain)
     return current, chain[-1]
+
+
+# --- Rollout roles: the challenger and the rollout state (issue 12) ---
+#
+# A rollout is the `challenger` alias plus registered-model tags, so every process reads one state
+# from one place. Writes are ordered so that a crash between two of them never routes traffic to a
+# model without a challenger alias: a rollout goes on by writing `rollout.mode` last, and off by
+# writing it first (pipelines/release/rollout.py).
+
+CHALLENGER = "challenger"
+MODES = ("off", "shadow", "canary")
+MODE_TAG = "rollout.mode"  # off | shadow | canary
+SHARE_TAG = "rollout.share"  # the challenger's canary share, 0-1, as text
+STEP_TAG = "rollout.step"  # index into params.yaml rollout.steps
+SALT_TAG = "rollout.salt"  # the challenger's version: a new rollout reshuffles the canary keys
+STARTED_TAG = "rollout.started_at"
+UPDATED_TAG = "rollout.updated_at"
+MAX_SALT_LENGTH = 64
+
+
+def challenger_version(client: Any, name: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHALLENGER)
+    except MlflowException:
+        return None
+
+
+def _share(text: str, name: str) -> float:
+    from pipelines.core.errors import PipelineError
+
+    try:
+        share = float(text)
+    except ValueError:
+        share = float("nan")
+    if not 0.0 <= share <= 1.0:  # NaN fails this too
+        raise PipelineError(f"'{name}' tag {SHARE_TAG} is {text[:40]!r}, not a number from 0 to 1")
+    return share
+
+
+def _step(text: str, name: str) -> int:
+    from pipelines.core.errors import PipelineError
+
+    if not (text.isascii() and text.isdigit() and len(text) <= 4):
+        raise PipelineError(f"'{name}' tag {STEP_TAG} is {text[:40]!r}, not a step number")
+    return int(text)
+
+
+def rollout_state(client: Any, name: str) -> dict[str, Any]:
+    """The rollout as the registry states it; no tags mean no rollout (mode off, share 0).
+
+    The tags are untrusted input (anyone with registry access can write them): a value that is
+    malformed, or a state no rollout command writes (a rollout on without a challenger alias, a
+    canary at share 0, a salt that is not the challenger's version), is refused with one line."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.core.errors import PipelineError
+
+    try:
+        tags = dict(client.get_registered_model(name).tags or {})
+    except MlflowException:
+        tags = {}
+    mode = tags.get(MODE_TAG, "off")
+    if mode not in MODES:
+        raise PipelineError(f"'{name}' tag {MODE_TAG} is {mode[:40]!r}, not one of {', '.join(MODES)}")
+    share = _share(tags.get(SHARE_TAG, "0"), name)
+    step = _step(tags.get(STEP_TAG, "0"), name)
+    found = challenger_version(client, name)
+    challenger = str(found.version) if found is not None else None
+    salt = tags.get(SALT_TAG)
+    if mode != "off":
+        if challenger is None:
+            raise PipelineError(f"'{name}' is in {mode} mode without a '{CHALLENGER}' alias")
+        if mode == "canary" and share == 0.0:
+            raise PipelineError(f"'{name}' is in canary mode with a share of 0")
+        if salt != challenger:
+            raise PipelineError(
+                f"'{name}' tag {SALT_TAG} is {str(salt)[:MAX_SALT_LENGTH]!r}, not the challenger's version {challenger}"
+            )
+    return {
+        "mode": mode,
+        "share": share if mode == "canary" else 0.0,  # a share left by an earlier canary means nothing
+        "step": step,
+        "salt": salt,
+        "challenger": challenger,
+        "started_at": tags.get(STARTED_TAG),
+        "updated_at": tags.get(UPDATED_TAG),
+    }
+
+
+def write_rollout(client: Any, name: str, tags: dict[str, str]) -> None:
+    """Write rollout tags in the order given (callers put `rollout.mode` where their commit point is)."""
+    for key, value in tags.items():
+        client.set_registered_model_tag(name, key, value)
+
+
+def set_challenger(client: Any, name: str, version: str) -> None:
+    client.set_registered_model_alias(name, CHALLENGER, version)
+
+
+def clear_challenger(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):  # the alias may simply not exist
+        client.delete_registered_model_alias(name, CHALLENGER)
+
+
+def promote_version(client: Any, name: str, version: str) -> str | None:
+    """Make an EXISTING version champion (a rollout's challenger); returns the former champion.
+
+    The same steps, in the same order, as `promote`, so `repair` puts a crash right the same way:
+    pending, the champion alias (the commit point), previous-champion, the history, done. A version
+    already in the history is refused: the alias moving back onto it would read as a crashed
+    rollback (repair would cut the history), and `rollback` is the way back to a former champion."""
+    from pipelines.core.errors import PipelineError
+
+    version = str(version)
+    chain = history(client, name)
+    if version in chain:
+        raise PipelineError(f"'{name}' v{version} is in the champion history {chain}: use rollback")
+    client.set_model_version_tag(name, version, STATE_TAG, PENDING)
+    client.set_model_version_tag(name, version, "promoted_at", now())
+    client.set_registered_model_alias(name, CHAMPION, version)  # the commit point
+    chain = [*chain, version]
+    _point_previous(client, name, chain)
+    _write_history(client, name, chain)
+    for old in chain[-2:-1]:
+        client.set_model_version_tag(name, old, "former_champion", "true")
+    client.set_model_version_tag(name, version, STATE_TAG, DONE)
+    return chain[-2] if len(chain) > 1 else None

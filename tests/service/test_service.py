@@ -528,10 +528,15 @@ def test_overload_is_shed_fast_with_retry_after(server):
     assert set(statuses) <= {200, 503}, statuses
     shed = [(r, t) for r, t in results if r.status_code == 503]
     assert shed and statuses.count(200) > 0, statuses
+    answered = [t for r, t in results if r.status_code == 200]
     for response, seconds in shed:
         assert response.headers["Retry-After"] == "1"
         assert response.json()["error"] == "overloaded"
-        assert seconds < 5  # refused at once, never left to time out
+        # Refused at once, never left to time out (the client's timeout is 30 s). The times include
+        # this client's own loop starting 256 connections, which a loaded box stretched past 5 s:
+        # so a loose bound, and the sharper check that no refusal waited on the model's queue.
+        assert seconds < 10
+    assert max(t for _, t in shed) <= max(answered), (sorted(t for _, t in shed)[-3:], max(answered))
     text = client.get("/metrics").text
     overloaded = [line for line in text.splitlines() if 'outcome="overloaded"' in line]
     assert overloaded and sum(float(line.split()[-1]) for line in overloaded) == len(shed)

@@ -10,7 +10,17 @@ import pytest
 
 from pipelines import cli
 
-COMMANDS = ("notebook", "promote", "rollback", "package", "batch", "feedback", "tracking-uri")
+COMMANDS = (
+    "notebook",
+    "monitor",
+    "promote",
+    "rollback",
+    "rollout",
+    "package",
+    "batch",
+    "feedback",
+    "tracking-uri",
+)
 
 
 def test_help_lists_every_operation() -> None:

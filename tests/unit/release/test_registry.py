@@ -203,3 +203,64 @@ def test_the_promotion_lock_excludes_a_second_holder(tmp_path):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(tmp_path / registry.LOCK_FILE) as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on exit
+
+
+# --- promote_version: a rollout's finish moves an existing version to champion ---
+
+
+def register_only(client):
+    """A version registered without becoming champion (as a rollout's challenger is)."""
+    return str(client.register("models:/m-x", NAME, tags={}).version)
+
+
+def test_promote_version_keeps_history_and_previous_champion_consistent(fake):
+    promote(fake)
+    promote(fake)
+    challenger = register_only(fake)
+    assert registry.promote_version(fake, NAME, challenger) == "2"
+    assert fake.assert_consistent() == ["1", "2", challenger]
+    assert fake.versions["2"]["former_champion"] == "true"
+    assert registry.rollback(fake, NAME, "bad")[1] == "2"  # rollback walks the same history
+    assert fake.assert_consistent() == ["1", "2"]
+
+
+def test_promote_version_crashed_at_any_step_is_repaired(fake, monkeypatch):
+    promote(fake)
+    promote(fake)
+    challenger = register_only(fake)
+
+    def finish(client):
+        return registry.promote_version(client, NAME, challenger)
+
+    steps = steps_of(finish, fake, monkeypatch)
+    assert steps >= 5
+    for crash_at in range(1, steps):
+        client = clone(fake, monkeypatch, crash_after=crash_at)
+        with pytest.raises(Crash):
+            finish(client)
+        client.crash_after = None
+        registry.repair(client, NAME)
+        chain = client.assert_consistent()
+        moved = client.aliases["champion"] == challenger
+        assert chain == (["1", "2", challenger] if moved else ["1", "2"]), crash_at
+        if not moved:
+            assert client.versions[challenger][registry.STATE_TAG] == registry.ABANDONED
+            assert finish(client) == "2"  # finishing again after the repair completes
+        assert client.assert_consistent() == ["1", "2", challenger]
+
+
+def test_promote_version_refuses_a_version_in_the_history(fake):
+    from pipelines.core.errors import PipelineError
+
+    promote(fake)
+    promote(fake)
+    with pytest.raises(PipelineError, match=r"v1 is in the champion history \['1', '2'\]: use rollback"):
+        registry.promote_version(fake, NAME, "1")
+    assert fake.assert_consistent() == ["1", "2"]
+
+
+def test_rollout_state_of_a_model_without_tags_is_off(fake):
+    state = registry.rollout_state(fake, NAME)  # not even registered
+    assert (state["mode"], state["share"], state["challenger"]) == ("off", 0.0, None)
+    promote(fake)
+    assert registry.rollout_state(fake, NAME)["mode"] == "off"
