@@ -21,7 +21,7 @@ from typing import Any
 from pipelines.core import files, nbrun
 from pipelines.core.errors import MonitorError, PipelineError
 from pipelines.monitoring import alerts, webhook
-from pipelines.monitoring.monitor import REPORT_SCHEMA, log_dir, settings
+from pipelines.monitoring.monitor import REPORT_SCHEMA, log_dir, settings, summary
 
 NOTEBOOK = Path("notebooks", "monitor.ipynb")
 COMMAND = "monitor"
@@ -87,15 +87,9 @@ def run(root: Path, params: dict[str, Any], folder: Path | None = None) -> str:
     if failure is not None:
         raise PipelineError(failure.removeprefix(f"ERROR {COMMAND}: "))
     report = files.read_json(root / params["paths"]["monitor"])
-    print(report_line(report))
+    print(summary(report))
     notify(report, params)
     return str(report["status"])
-
-
-def report_line(report: dict[str, Any]) -> str:
-    from pipelines.monitoring.monitor import summary
-
-    return summary(report)
 
 
 def main(root: Path, params: dict[str, Any], folder: Path | None = None) -> int:

@@ -124,14 +124,9 @@ def repair(client: Any, name: str) -> list[str]:
     return done
 
 
-def promote(client: Any, name: str, model_uri: str, tags: dict[str, str]) -> str:
-    """Register a new version and make it champion; the old one becomes previous-champion.
-
-    The steps' order is what `repair` relies on (see the module note)."""
-    import mlflow
-
-    chain = history(client, name)
-    version = str(mlflow.register_model(model_uri, name, tags={**tags, STATE_TAG: PENDING}).version)
+def _crown(client: Any, name: str, chain: list[str], version: str) -> None:
+    """A pending `version` becomes champion after `chain`, in the order `repair` relies on: the
+    champion alias (the commit point), previous-champion, the history, then done."""
     client.set_model_version_tag(name, version, "promoted_at", now())
     client.set_registered_model_alias(name, CHAMPION, version)  # the commit point
     chain = [*chain, version]
@@ -140,6 +135,17 @@ def promote(client: Any, name: str, model_uri: str, tags: dict[str, str]) -> str
     for old in chain[-2:-1]:
         client.set_model_version_tag(name, old, "former_champion", "true")
     client.set_model_version_tag(name, version, STATE_TAG, DONE)
+
+
+def promote(client: Any, name: str, model_uri: str, tags: dict[str, str]) -> str:
+    """Register a new version and make it champion; the old one becomes previous-champion.
+
+    The steps' order is what `repair` relies on (see the module note)."""
+    import mlflow
+
+    chain = history(client, name)
+    version = str(mlflow.register_model(model_uri, name, tags={**tags, STATE_TAG: PENDING}).version)
+    _crown(client, name, chain, version)
     return version
 
 
@@ -279,12 +285,5 @@ def promote_version(client: Any, name: str, version: str) -> str | None:
     if version in chain:
         raise PipelineError(f"'{name}' v{version} is in the champion history {chain}: use rollback")
     client.set_model_version_tag(name, version, STATE_TAG, PENDING)
-    client.set_model_version_tag(name, version, "promoted_at", now())
-    client.set_registered_model_alias(name, CHAMPION, version)  # the commit point
-    chain = [*chain, version]
-    _point_previous(client, name, chain)
-    _write_history(client, name, chain)
-    for old in chain[-2:-1]:
-        client.set_model_version_tag(name, old, "former_champion", "true")
-    client.set_model_version_tag(name, version, STATE_TAG, DONE)
-    return chain[-2] if len(chain) > 1 else None
+    _crown(client, name, chain, version)
+    return chain[-1] if chain else None
