@@ -1,4 +1,4 @@
-"""The BentoML service: the champion model behind POST /predict.
+"""The BentoML service: the registry's champion (and, during a rollout, its challenger) behind POST /predict.
 
 All HTTP behaviour lives in pipelines/serving/ (routes in app.py; the outermost layer in
 middleware.py; schema, runtimes, guards, batcher and prediction log beside them) and all model
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import gc
 import os
+from pathlib import Path
 from typing import Any
 
 import bentoml
 from threadpoolctl import threadpool_limits
 
-from pipelines.serving import app, auth, bundle, middleware, prediction_log, worker
+from pipelines.serving import app, auth, bundle, follower, middleware, prediction_log, registry_view, worker
 
 CHAMPION = bentoml.models.BentoModel(f"{bundle.MODEL_NAME}:latest")
 _worker: list[worker.Worker] = []  # set once per worker process, when the model is loaded
@@ -66,17 +67,33 @@ class Predictor:
         log_dir = os.environ.get("PREDICTION_LOG_DIR", "monitoring")
         index = bentoml.server_context.worker_index or 0
         log = prediction_log.PredictionLog(log_dir, index, META["service"].get("prediction_log"))
-        _worker.append(worker.Worker(bundle.load(self.champion.path), _keys[0], log))
+        # The worker follows the registry's roles (champion, challenger, rollout) from now on,
+        # swapping packaged models in without a restart (pipelines/serving/follower.py).
+        rollout = META.get("rollout") or {}
+        uri, name = registry_view.tracking_uri(META, os.environ), str(META["registered_model"])
+        follows = follower.Follower(
+            bundle.load(self.champion.path),
+            Path(self.champion.path).parents[1],  # the model store (a bento's own, when serving one)
+            lambda: registry_view.read_roles(uri, name, os.environ),
+            float(rollout.get("poll_seconds", follower.DEFAULT_POLL_SECONDS)),
+        )
+        follows.sync()  # before the first request: a registry that moved since packaging is followed now
+        follows.start()
+        _worker.append(worker.Worker(follows, _keys[0], log, rollout.get("routing_field")))
         # Everything loaded so far lives as long as the worker: keep it out of the garbage
         # collector's full passes, which otherwise stall requests for tens of milliseconds.
         gc.collect()
         gc.freeze()
 
     @bentoml.on_shutdown
-    def close_log(self) -> None:
-        """Flush the outcome counts and close the prediction log when the worker stops."""
-        if _worker and _worker[0].monitor is not None:
-            _worker[0].monitor.close()
+    async def close_log(self) -> None:
+        """Stop following the registry, score the queued shadow work, then flush the outcome
+        counts and close the prediction log when the worker stops."""
+        if _worker:
+            _worker[0].follower.stop()
+            await _worker[0].shadow.drain()
+            if _worker[0].monitor is not None:
+                _worker[0].monitor.close()
 
     async def __is_ready__(self) -> bool:
         """BentoML's /readyz: unready while the prediction log cannot be written."""

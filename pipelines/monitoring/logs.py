@@ -5,8 +5,11 @@ gzipped, oldest rotation first. Lines arrive as pandas frames of bounded size (o
 each), so memory does not grow with the log; `recent` keeps only the window asked for.
 
 A frame's columns: `request_id`, `record`, `timestamp` (UTC), `model_version`, `latency_ms`,
-`worker` (from the file name), `prediction`, one `inputs.<column>` per input and, for
-classification, one `probabilities.<label>` per class. The inputs are namespaced as the log
+`worker` (from the file name), `role`, `prediction`, one `inputs.<column>` per input and, for
+classification, one `probabilities.<label>` per class. `role` (docs/rollout.md) is the arm that
+answered (`champion`, `challenger`) or `shadow` for the other arm's answer, which was never
+returned; lines written before roles existed count as `champion`. It comes with every read of all
+fields, and with `only` when `only` names it; `answered` drops the shadow lines. The inputs are namespaced as the log
 namespaces them, so an input named `timestamp` cannot replace the log's own field.
 
 pyarrow.json's streaming reader was measured the fastest correct reader here: 100k lines of 20
@@ -69,6 +72,9 @@ FIELDS = pa.schema(
     ]
 )
 REQUIRED = (*FIELDS.names, "prediction")
+ROLE = "role"  # optional: older lines have none, and count as DEFAULT_ROLE
+DEFAULT_ROLE = "champion"
+SHADOW = "shadow"  # scored off the request path by the arm that did not answer: not an answer
 LOG_FILE = re.compile(
     r"predictions\.(?P<worker>[A-Za-z0-9_-]{1,64})(?:\.(?P<stamp>\d{8}T\d{12}Z))?\.jsonl(?P<gz>\.gz)?"
 )
@@ -142,9 +148,10 @@ def _schema(path: Path, only: Collection[str] | None) -> tuple[pa.Schema, str]:
     fixed ones come from the file's first line; a field it lacks (or holds as null) is inferred."""
     if only is None:
         return FIELDS, "infer"
-    extra = [name for name in only if name not in FIELDS.names]
+    fixed = pa.schema([*FIELDS, (ROLE, pa.string())]) if ROLE in only else FIELDS
+    extra = [name for name in only if name not in fixed.names]
     if not extra:
-        return FIELDS, "ignore"
+        return fixed, "ignore"
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as lines:
         first = lines.readline()
@@ -154,8 +161,8 @@ def _schema(path: Path, only: Collection[str] | None) -> tuple[pa.Schema, str]:
         raise MonitorError(_corrupt(path, number=1)) from None
     found = [sample.field(name) for name in extra if name in sample.names]
     if len(found) < len(extra) or any(pa.types.is_null(f.type) for f in found):
-        return FIELDS, "infer"
-    return pa.schema([*FIELDS, *found]), "ignore"
+        return fixed, "infer"
+    return pa.schema([*fixed, *found]), "ignore"
 
 
 def _file_frames(
@@ -376,7 +383,17 @@ def _frame(
 ) -> pd.DataFrame:
     _check(batch, path, required)
     batch = batch.select(_wanted(batch.schema.names, only))
-    return pa.Table.from_batches([batch]).flatten().to_pandas()
+    frame = pa.Table.from_batches([batch]).flatten().to_pandas()
+    if only is None or ROLE in only:
+        frame[ROLE] = frame[ROLE].fillna(DEFAULT_ROLE) if ROLE in frame else DEFAULT_ROLE
+    return frame
+
+
+def answered(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """The frames without their shadow lines: only the answers the service returned (read with
+    `role`). The monitor's traffic, drift, quality, operations and live performance see only these."""
+    for frame in frames:
+        yield frame[frame[ROLE] != SHADOW].reset_index(drop=True) if ROLE in frame else frame
 
 
 def _name(path: Path) -> str:
@@ -468,22 +485,56 @@ def read_outcomes(root: str | Path) -> pd.DataFrame:
     return frame.astype({"count": "int64", "window_s": "float64"})
 
 
-def _outcome_rows(path: Path) -> Iterator[dict]:
+def read_role_outcomes(root: str | Path) -> pd.DataFrame:
+    """The outcome lines' `by_role` counts (docs/rollout.md): one row per (worker, window_start,
+    role, outcome), with `window_s` and `count`. `role` is `champion` or `challenger` for the arm
+    that answered, `shadow` for the off-path scoring (not a request). Lines without `by_role`
+    (before routing existed, or windows with no routed request) give no rows."""
+    folder = Path(root) / "outcomes"
+    rows: list[dict] = []
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if OUTCOME_FILE.fullmatch(path.name):
+                for base, _, by_role in _outcome_entries(path):
+                    for role, counts in by_role.items():
+                        rows.extend(
+                            {**base, "role": role, "outcome": k, "count": n} for k, n in counts.items()
+                        )
+    frame = pd.DataFrame(rows, columns=["worker", "window_start", "window_s", "role", "outcome", "count"])
+    frame["window_start"] = pd.to_datetime(frame["window_start"], utc=True)
+    return frame.astype({"count": "int64", "window_s": "float64"})
+
+
+def _counts_ok(counts: object) -> bool:
+    return isinstance(counts, dict) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts.values()
+    )
+
+
+def _outcome_entries(path: Path) -> Iterator[tuple[dict, dict, dict]]:
+    """(worker/window fields, counts, by_role) of each line; a line that breaks the format raises."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
                 counts = entry["counts"]
+                by_role = entry.get("by_role") or {}
                 base = {
                     "worker": str(entry["worker"]),
                     "window_start": str(entry["window_start"]),
                     "window_s": float(entry["window_s"]),
                 }
                 valid = all(isinstance(n, int) and n >= 0 for n in counts.values())
+                valid = valid and isinstance(by_role, dict) and all(map(_counts_ok, by_role.values()))
             except (ValueError, KeyError, TypeError, AttributeError):
                 valid = False
             if not valid:
                 raise MonitorError(f"{_name(path)}: a corrupt line at line {number} (not an outcome count)")
-            for outcome, count in counts.items():
-                yield {**base, "outcome": str(outcome), "count": count}
+            yield base, counts, by_role
+
+
+def _outcome_rows(path: Path) -> Iterator[dict]:
+    for base, counts, _ in _outcome_entries(path):
+        for outcome, count in counts.items():
+            yield {**base, "outcome": str(outcome), "count": count}

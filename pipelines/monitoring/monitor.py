@@ -2,7 +2,8 @@
 model version that served it, with the service's operations and the live performance.
 
     window     the most recent `monitor.window_rows` answered records within `monitor.window_hours`
-               of the newest one (logs.recent: memory bounded by the window, not the log)
+               of the newest one (shadow lines are not answers: left out of everything below);
+               logs.recent: memory bounded by the window, not the log
     per version each model version's share of the window against its own reference (references.py):
                drift (drift.py) and data quality (quality.py), with the refusals counted for it
     operations latency, throughput and outcome rates per version (operations.py), over the window
@@ -114,7 +115,8 @@ def log_dir(root: Path, environ: Mapping[str, str] | None = None) -> Path:
 
 def read_window(folder: Path, chosen: Settings) -> pd.DataFrame:
     span = None if chosen.window_hours is None else timedelta(hours=chosen.window_hours)
-    window = logs.recent(logs.iter_frames(folder), chosen.window_rows, span)
+    # Shadow lines are the other arm's answers, never returned (docs/rollout.md): not traffic.
+    window = logs.recent(logs.answered(logs.iter_frames(folder)), chosen.window_rows, span)
     if window.empty:
         raise MonitorError(f"the prediction log in {folder / 'predictions'} holds no records")
     return window
@@ -230,7 +232,7 @@ def performance(
     joined = None
     if len(found):
         span = timedelta(minutes=chosen.performance_window_minutes)
-        frames = logs.iter_frames(folder, only=labels.LOG_FIELDS)
+        frames = logs.answered(logs.iter_frames(folder, only=(*labels.LOG_FIELDS, logs.ROLE)))
         joined = labels.join(frames, found, span, examples=chosen.examples)
         positive = next((p for p in map(positive_class, served.values()) if p is not None), None)
         valid, _ = labels.valid_rows(joined)

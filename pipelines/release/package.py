@@ -81,7 +81,15 @@ def model_meta(version: Any, run: Any, positive: Any, params: dict) -> dict[str,
         "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith(("holdout_", "cv_"))},
         # Where /metadata looks up the champion (no credentials): MLFLOW_TRACKING_URI overrides it.
         "tracking_uri": registry_view.shareable_uri(mlflow.get_tracking_uri()),
+        "rollout": rollout_settings(params),
     }
+
+
+def rollout_settings(params: dict) -> dict[str, Any]:
+    """What the service needs to follow a rollout: how often to read the registry, and the record
+    field that routes a canary when a request has no X-Routing-Key header."""
+    rules = params.get("rollout") or {}
+    return {"poll_seconds": rules.get("poll_seconds"), "routing_field": rules.get("routing_field")}
 
 
 def compile_champion(model: Any, meta: dict[str, Any], params: dict) -> tuple[bytes | None, dict]:
@@ -146,34 +154,43 @@ def serving_spec(params: dict) -> str:
             compilation.REVISION,
             *(params["serving"].get(k) for k in SERVICE_KEYS),
             reference_settings(params),
+            rollout_settings(params),
         ]
     )
 
 
-def packaged_model(version: Any, spec: str) -> Any | None:
-    """The BentoML model already made from this registry version with this serving spec, as the
-    store's latest, or None.
+def packaged_model(version: Any, spec: str, store_name: str = bundle.MODEL_NAME) -> Any | None:
+    """The BentoML model already made from this registry version with this serving spec, or None.
+    A challenger's (`store_name` bundle.CHALLENGER_NAME) is any such model; the champion's must be
+    the store's latest champion.
 
-    The service and batch scoring load `<name>:latest`. When the champion was packaged before but
-    another model has been packaged since (a rollback brings an older champion back), its files
-    are copied into a new version, which becomes latest; the compile record comes along.
+    The service and batch scoring load `<champion name>:latest`. When the champion was packaged
+    before (or as challenger) but another model has been packaged as champion since (a rollback
+    brings an older champion back; a finished rollout promotes the challenger), its files are
+    copied into a new version, which becomes latest; the compile record comes along.
     """
     import bentoml
 
-    matches = [
-        model
-        for model in bentoml.models.list()  # all models: listing by name raises when there is none
-        if model.tag.name == bundle.MODEL_NAME
-        and model.info.labels.get("run_id") == version.run_id
-        and model.info.labels.get("registry_version") == str(version.version)
-        and model.info.labels.get("serving_spec") == spec
-        # A model packaged before digests existed is not reused: `make package` re-creates it.
-        and model.info.labels.get(bundle.SKOPS_LABEL) == artifacts.recorded_digest(version)
-    ]
+    matches = sorted(
+        (
+            model
+            for model in bentoml.models.list()  # all models: listing by name raises when there is none
+            if model.tag.name in (bundle.MODEL_NAME, bundle.CHALLENGER_NAME)
+            and model.info.labels.get("run_id") == version.run_id
+            and model.info.labels.get("registry_version") == str(version.version)
+            and model.info.labels.get("serving_spec") == spec
+            # A model packaged before digests existed is not reused: `make package` re-creates it.
+            and model.info.labels.get(bundle.SKOPS_LABEL) == artifacts.recorded_digest(version)
+        ),
+        key=lambda model: model.info.creation_time,
+        reverse=True,
+    )
     if not matches:
         return None
-    latest = bentoml.models.get(f"{bundle.MODEL_NAME}:latest")
-    if any(model.tag == latest.tag for model in matches):
+    if store_name == bundle.CHALLENGER_NAME:
+        return matches[0]
+    latest = bentoml.models.get(f"{bundle.MODEL_NAME}:latest") if _has_champion(bentoml) else None
+    if latest is not None and any(model.tag == latest.tag for model in matches):
         return latest
     source = matches[0]
     with bentoml.models.create(
@@ -183,6 +200,10 @@ def packaged_model(version: Any, spec: str) -> Any | None:
             if (Path(source.path) / name).is_file():
                 shutil.copy(Path(source.path) / name, Path(model.path) / name)
     return bentoml.models.get(model.tag)
+
+
+def _has_champion(bentoml: Any) -> bool:
+    return any(model.tag.name == bundle.MODEL_NAME for model in bentoml.models.list())
 
 
 def verify_stored(model: Any) -> None:
@@ -334,7 +355,12 @@ def record_reference(client: Any, version: Any, data: bytes) -> None:
 
 
 def store_model(
-    meta: dict[str, Any], model_bytes: bytes, onnx: bytes | None, labels: dict[str, str], reference: bytes
+    meta: dict[str, Any],
+    model_bytes: bytes,
+    onnx: bytes | None,
+    labels: dict[str, str],
+    reference: bytes,
+    store_name: str = bundle.MODEL_NAME,
 ) -> Any:
     """A new model in the BentoML store: the skops bytes the registry's digest verified, the
     verified graph, and meta.json with every file's digest. The labels anchor meta.json and the
@@ -355,7 +381,7 @@ def store_model(
         bundle.SKOPS_LABEL: meta["digests"][bundle.MODEL_FILE],
         bundle.META_LABEL: trust.sha256_bytes(meta_bytes),
     }
-    with bentoml.models.create(bundle.MODEL_NAME, labels=labels, metadata={"task": meta["task"]}) as model:
+    with bentoml.models.create(store_name, labels=labels, metadata={"task": meta["task"]}) as model:
         for name, data in {**payload, bundle.META_FILE: meta_bytes}.items():
             (Path(model.path) / name).write_bytes(data)
     return bentoml.models.get(model.tag)
@@ -369,8 +395,24 @@ def import_champion(client: Any, name: str, params: dict) -> Any:
     version = registry.champion_version(client, name)
     if version is None:
         raise PipelineError(f"'{name}' has no champion yet: run `make promote` first")
+    return import_version(client, version, params, bundle.MODEL_NAME)
+
+
+def import_challenger(client: Any, name: str, params: dict) -> Any | None:
+    """The challenger under rollout, packaged beside the champion (never as its `latest`) so
+    that running services can load it when they follow the registry; None without one."""
+    version = registry.challenger_version(client, name)
+    champion = registry.champion_version(client, name)
+    if version is None or (champion is not None and champion.version == version.version):
+        return None
+    return import_version(client, version, params, bundle.CHALLENGER_NAME)
+
+
+def import_version(client: Any, version: Any, params: dict, store_name: str) -> Any:
+    """A registry version in the BentoML model store under `store_name`, verified and compiled."""
+    name = version.name
     spec = serving_spec(params)
-    existing = packaged_model(version, spec)
+    existing = packaged_model(version, spec, store_name)
     if existing is not None:
         verify_stored(existing)
         return existing
@@ -390,7 +432,7 @@ def import_champion(client: Any, name: str, params: dict) -> Any:
     fresh = reference is None or not same_settings(reference, params)
     if fresh:
         reference = monitoring_reference(loaded.model, onnx, meta, meta["lineage"], params)
-    model = store_model(meta, loaded.data, onnx, labels, reference)
+    model = store_model(meta, loaded.data, onnx, labels, reference, store_name)
     verify_stored(model)
     record_compilation(client, version, meta["compiled"], Path(model.path) / bundle.COMPILED_FILE)
     if fresh:
@@ -405,7 +447,9 @@ def package(root: Path, params: dict) -> dict[str, Any]:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     runs.use_project_experiment(root, params)
-    model = import_champion(mlflow.MlflowClient(), params["promote"]["registered_model"], params)
+    client = mlflow.MlflowClient()
+    model = import_champion(client, params["promote"]["registered_model"], params)
+    challenger = import_challenger(client, params["promote"]["registered_model"], params)
     labels = {k: v for k, v in model.info.labels.items() if k in ("registry_version", "run_id", "git_commit")}
     bento = bentoml.bentos.build_bentofile(str(root / "bentofile.yaml"), build_ctx=str(root), labels=labels)
     record = {
@@ -417,5 +461,11 @@ def package(root: Path, params: dict) -> dict[str, Any]:
         "run_id": model.info.labels["run_id"],
         "bentoml_home": str(BentoMLContainer.bentoml_home.get()),
     }
+    if challenger is not None:
+        record["challenger"] = {
+            "model": str(challenger.tag),
+            "registry_version": challenger.info.labels["registry_version"],
+            "runtime": challenger.info.labels.get("runtime", "sklearn"),
+        }
     files.write_json(record, params["paths"]["bento"])
     return record

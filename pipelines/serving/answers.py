@@ -14,6 +14,7 @@ from pipelines.serving.bundle import LoadedModel
 class PredictResponse(BaseModel):
     request_id: str
     model_version: str
+    role: str = Field(description="the arm that answered: champion, or challenger during a canary")
     predictions: list[Any]
     probabilities: list[dict[str, float]] | None = Field(
         default=None, description="per record, each class's probability (classification only)"
@@ -55,10 +56,19 @@ def answer_frame(loaded: LoadedModel, X: pd.DataFrame) -> tuple[list[Any], pd.Da
 
 
 def response_body(
-    request_id: str, version: str, predictions: list[Any], probabilities: list[dict] | None
+    request_id: str,
+    version: str,
+    predictions: list[Any],
+    probabilities: list[dict] | None,
+    role: str = "champion",
 ) -> dict[str, Any]:
     """The body of a /predict answer (PredictResponse's fields; probabilities for classification)."""
-    body: dict[str, Any] = {"request_id": request_id, "model_version": version, "predictions": predictions}
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "model_version": version,
+        "role": role,
+        "predictions": predictions,
+    }
     if probabilities is not None:
         body["probabilities"] = probabilities
     return body

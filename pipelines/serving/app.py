@@ -22,17 +22,24 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
 
-from pipelines.serving import answers, feedback, schema
+from pipelines.serving import answers, feedback, routing, schema
 from pipelines.serving.batcher import Overloaded
 from pipelines.serving.guards import BodyGuard
 from pipelines.serving.prediction_log import LogUnavailable
-from pipelines.serving.registry_view import RegistryView
+from pipelines.serving.registry_view import UNKNOWN, RegistryView
 from pipelines.serving.responses import FastJSONResponse, error, foreign, outcome_of, validation_response
 from pipelines.serving.worker import Worker, current_request_id
 
 log = logging.getLogger("tabular_mlops.service")
 PREDICT_PATH = "/predict"
 FEEDBACK_PATH = "/feedback"
+
+
+def served_status(status: dict[str, Any], served: str) -> dict[str, Any]:
+    """The registry's view against the champion this worker serves now (it follows the registry)."""
+    if status.get("champion_version") in (None, UNKNOWN):
+        return status
+    return {**status, "served_is_champion": status["champion_version"] == served}
 
 
 def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
@@ -83,37 +90,49 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
         },
         summary="Predict for 1..N records given in the raw data's column names",
     )
-    async def predict(body: body_model) -> Any:  # type: ignore[valid-type]
+    async def predict(request: Request, body: body_model) -> Any:  # type: ignore[valid-type]
         worker = worker_ref()
         started = time.perf_counter()
         rows = [r.model_dump() for r in body.records]
+        # One snapshot of what serves for the whole request: a swap meanwhile does not touch it.
+        serving = worker.serving
+        key = None
+        if serving.mode == "canary":
+            key = routing.header_key(request.scope["headers"]) or routing.field_key(
+                rows, worker.routing_field
+            )
+        role, arm, shadow_arm = serving.route(key)
         try:
-            predictions, probabilities = await worker.batcher.submit(rows)
+            predictions, probabilities = await arm.batcher.submit(rows)
         except Overloaded:
-            worker.count("overloaded")
+            worker.count("overloaded", role)
             return error(
                 503, "overloaded", "too many rows are waiting; retry shortly", **{"Retry-After": "1"}
             )
+        except Exception:
+            log.exception("prediction failed (%s v%s)", role, arm.version)
+            worker.count("error", role)
+            return error(500, "internal_error", "the service failed; the request id is in the logs")
         request_id = current_request_id()
         elapsed = time.perf_counter() - started
         latency_ms = elapsed * 1000
         if worker.monitor is not None:
             try:  # logged before counted: an answer that is not in the log is not an `ok`
-                worker.monitor(
-                    request_id, worker.loaded.version, rows, predictions, probabilities, latency_ms
-                )
+                worker.monitor(request_id, arm.version, rows, predictions, probabilities, latency_ms, role)
             except LogUnavailable:
-                worker.count("log_unavailable")
+                worker.count("log_unavailable", role)
                 return error(
                     503,
                     "log_unavailable",
                     "the prediction log cannot be written; retry shortly",
                     **{"Retry-After": "1"},
                 )
-        worker.count("ok")
+        worker.count("ok", role)
         worker.records.inc(len(rows))
         worker.latency.observe(elapsed)
-        answer = answers.response_body(request_id, worker.loaded.version, predictions, probabilities)
+        if shadow_arm is not None:  # scored after this answer is sent, never returned
+            worker.shadow.submit(shadow_arm, request_id, rows)
+        answer = answers.response_body(request_id, arm.version, predictions, probabilities, role)
         # Built by us from plain values: FastAPI's re-validation against the response model
         # would cost more than the compiled model's call. The model still documents the schema.
         return FastJSONResponse(answer)
@@ -157,8 +176,9 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
 
     @app.get("/metadata", dependencies=[Depends(bearer)], responses={401: error_doc})
     async def metadata() -> dict[str, Any]:
-        """The served model's version, lineage tags and metrics; whether it is still the
-        registry's champion; whether the service asks for a key."""
+        """The served champion's version, lineage tags and metrics; whether it is still the
+        registry's champion; the roles this worker serves (champion, challenger, rollout mode) and
+        why it serves anything other than what the registry asks; whether the service asks for a key."""
         worker = worker_ref()
         loaded = worker.loaded
         keys = (
@@ -183,7 +203,8 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
                 "parity": compiled.get("parity"),
                 "versions": compiled.get("versions"),
             },
-            "registry": await asyncio.to_thread(registry.status),
+            "registry": served_status(await asyncio.to_thread(registry.status), loaded.version),
+            "serving": worker.follower.status(),
             "auth": worker.keys.mode,
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,6 +45,15 @@ class Batcher:
         self.pending_rows += len(rows)
         self._queue.put_nowait((rows, future))  # unbounded: never waits, so never cancelled here
         return await future
+
+    def close(self) -> None:
+        """Stops the batching task and its thread, from any thread. For a batcher swapped out of
+        service once nothing waits on it (pipelines/serving/follower.py)."""
+        task = self._task
+        if task is not None and not task.done():
+            with contextlib.suppress(RuntimeError):  # its loop is closed: the task is gone with it
+                task.get_loop().call_soon_threadsafe(task.cancel)
+        self._pool.shutdown(wait=False)
 
     async def _run(self, queue: asyncio.Queue) -> None:
         """Serves batches until cancelled. Whatever goes wrong with one batch is handed to its

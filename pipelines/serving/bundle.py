@@ -30,6 +30,9 @@ from pipelines.serving.runtimes import (
 from pipelines.serving.schema import probe_records
 
 MODEL_NAME = "tabular-champion"  # the champion's name in the BentoML model store
+# The challenger's: packaged beside, never as the champion's `latest`, which batch scoring and a
+# restarted service load (docs/rollout.md).
+CHALLENGER_NAME = "tabular-challenger"
 MODEL_FILE = "model.skops"
 COMPILED_FILE = "model.onnx"
 META_FILE = "meta.json"

@@ -18,6 +18,7 @@ from pydantic_core import to_json
 from pipelines.serving.log_files import open_private, private_dir, write_whole
 
 log = logging.getLogger("tabular_mlops.prediction_log")  # one logger for the whole prediction log
+ROLES = ("champion", "challenger", "shadow")  # who scored a line: the answering arm, or the shadow
 
 
 def encode(
@@ -27,9 +28,12 @@ def encode(
     predictions: Sequence[Any],
     probabilities: Sequence[Mapping[str, float]] | None,
     latency_ms: float,
+    role: str = "champion",
 ) -> bytes:
     """A request's lines, each ending in a newline. The inputs sit under `inputs`, so a feature
-    named `timestamp` or `request_id` cannot replace the log's own fields."""
+    named `timestamp` or `request_id` cannot replace the log's own fields. `role` is the arm that
+    answered (`champion` or `challenger`), or `shadow` for the other arm's answer, scored off the
+    request path and never returned (docs/rollout.md)."""
     if len(predictions) != len(rows) or (probabilities is not None and len(probabilities) != len(rows)):
         raise ValueError("rows, predictions and probabilities differ in length")
     stamp = datetime.now(UTC).isoformat()
@@ -43,6 +47,7 @@ def encode(
             "record": index,
             "timestamp": stamp,
             "model_version": version,
+            "role": role,
             "latency_ms": latency,
             "inputs": row,
             "prediction": prediction,
@@ -57,6 +62,9 @@ def encode(
 class Outcomes:
     """Requests counted by outcome (ok, unauthorized, overloaded, log_unavailable, …), never their
     inputs: one line per aligned window that had requests, so monitoring can compute error rates.
+    Outcomes after routing are also counted per role under `by_role` (`champion`, `challenger`,
+    and `shadow` for the off-path scoring, which is not a request and so not in `counts`), so the
+    rollout analysis can compare the arms' error rates.
 
     A window's line is written when the first request of a later window arrives, at close, and at
     exit: one small write a window, none on the hot path otherwise.
@@ -68,9 +76,12 @@ class Outcomes:
         self.interval_s = interval_s
         self._window: int | None = None
         self._counts: dict[str, int] = {}
+        self._by_role: dict[str, dict[str, int]] = {}
         self._unwritten: deque[bytes] = deque(maxlen=10_000)  # kept while the disk refuses them
 
-    def count(self, kind: str) -> None:
+    def count(self, kind: str, role: str | None = None, request: bool = True) -> None:
+        """One outcome; `role` also counts it for that arm; `request=False` (shadow scoring) counts
+        it for the role only."""
         window = int(time.time() // self.interval_s)
         if window != self._window:
             self.flush()
@@ -78,19 +89,25 @@ class Outcomes:
         # Kinds come from our code; the guard only keeps a typo from making unbounded keys.
         if not (len(kind) <= 40 and kind.isidentifier()):
             kind = "other"
-        self._counts[kind] = self._counts.get(kind, 0) + 1
+        if request:
+            self._counts[kind] = self._counts.get(kind, 0) + 1
+        if role is not None:
+            counts = self._by_role.setdefault(role if role in ROLES else "other", {})
+            counts[kind] = counts.get(kind, 0) + 1
 
     def flush(self) -> None:
-        if self._counts and self._window is not None:
+        if (self._counts or self._by_role) and self._window is not None:
             start = datetime.fromtimestamp(self._window * self.interval_s, UTC).isoformat()
-            line = {
+            line: dict[str, Any] = {
                 "worker": self.worker,
                 "window_start": start,
                 "window_s": self.interval_s,
                 "counts": self._counts,
             }
+            if self._by_role:
+                line["by_role"] = self._by_role
             self._unwritten.append(to_json(line) + b"\n")
-            self._counts = {}
+            self._counts, self._by_role = {}, {}
         if not self._unwritten:
             return
         try:

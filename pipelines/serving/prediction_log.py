@@ -164,8 +164,11 @@ class PredictionLog:
         predictions: Sequence[Any],
         probabilities: Sequence[Mapping[str, float]] | None,
         latency_ms: float,
+        role: str = "champion",
     ) -> None:
-        data = encode(request_id, version, rows, predictions, probabilities, latency_ms)
+        """Writes the lines; `role` is the answering arm, or `shadow` (not a request: counted for
+        its role only)."""
+        data = encode(request_id, version, rows, predictions, probabilities, latency_ms, role)
         try:
             self._reopen_if_moved()
             if self._torn:  # end the torn line first, so that it alone is unreadable
@@ -183,13 +186,14 @@ class PredictionLog:
             raise LogUnavailable(f"the prediction log refused {len(data)} bytes: {reason}") from exc
         self._healthy = True
         self._size += len(data)
-        self.outcomes.count("ok")
+        self.outcomes.count("ok", role, request=role != "shadow")
         if self._size >= self.policy.max_bytes:
             self._rotate()
 
-    def outcome(self, kind: str) -> None:
-        """Counts one request that was not logged as answered: `unauthorized`, `overloaded`, …"""
-        self.outcomes.count(kind)
+    def outcome(self, kind: str, role: str | None = None) -> None:
+        """Counts one request that was not logged as answered: `unauthorized`, `overloaded`, …;
+        with `role`, also for that arm (`shadow`: for the shadow only, it is not a request)."""
+        self.outcomes.count(kind, role, request=role != "shadow")
 
     @property
     def healthy(self) -> bool:

@@ -109,6 +109,7 @@ def test_classification_writes_one_line_per_record_with_its_inputs_prediction_an
             "request_id": "req-1",
             "record": 0,
             "model_version": "v7",
+                "role": "champion",
             "latency_ms": 12.34567,
             "inputs": {"tenure": 3, "plan": "basic", "score": None},
             "prediction": "yes",
@@ -118,6 +119,7 @@ def test_classification_writes_one_line_per_record_with_its_inputs_prediction_an
             "request_id": "req-1",
             "record": 1,
             "model_version": "v7",
+                "role": "champion",
             "latency_ms": 12.34567,
             "inputs": {"tenure": 40, "plan": "pro", "score": 0.5},
             "prediction": "no",
@@ -137,6 +139,7 @@ def test_regression_lines_have_no_probabilities(tmp_path):
             "request_id": "req-2",
             "record": i,
             "model_version": "v1",
+            "role": "champion",
             "latency_ms": 0.0004,  # as observed, unrounded
             "inputs": {"a": a},
             "prediction": p,
@@ -727,6 +730,7 @@ def test_outcomes_are_counted_per_window_and_written_once_a_later_window_starts(
             "window_start": "2023-11-14T22:13:00+00:00",
             "window_s": 60.0,
             "counts": {"unauthorized": 2, "body_too_large": 1, "invalid": 2, "overloaded": 1, "ok": 1},
+            "by_role": {"champion": {"ok": 1}},  # the answered request, by the arm that answered
         }
     ]
     clock[0] += 3600
@@ -854,3 +858,26 @@ def test_too_little_free_space_makes_every_log_on_the_disk_unready_before_a_writ
     assert all(log.healthy for log in logs)
     for log in logs:
         log.close()
+
+
+def test_shadow_lines_count_for_their_role_only_and_roles_are_kept_apart(tmp_path, monkeypatch):
+    clock = [1_699_999_980.0]
+    monkeypatch.setattr(prediction_log.time, "time", lambda: clock[0])
+    log = PredictionLog(tmp_path, 2, {"outcome_interval_s": 60})
+    rows = [{"a": 1}]
+    log("r1", "3", rows, ["x"], None, 1.0, "challenger")
+    log("r1", "2", rows, ["y"], None, 0.5, "shadow")
+    log.outcome("error", "challenger")
+    log.outcome("dropped", "shadow")
+    log.outcome("unauthorized")
+    clock[0] += 60
+    log.outcome("unauthorized")
+    lines = read_lines(log_file(tmp_path, 2))
+    assert [(e["request_id"], e["model_version"], e["role"]) for e in lines] == [
+        ("r1", "3", "challenger"),
+        ("r1", "2", "shadow"),
+    ]
+    (window,) = read_lines(tmp_path / "outcomes" / "outcomes.2.jsonl")
+    # One request answered, one failed, one refused: shadow scoring is not a request.
+    assert window["counts"] == {"ok": 1, "error": 1, "unauthorized": 1}
+    assert window["by_role"] == {"challenger": {"ok": 1, "error": 1}, "shadow": {"ok": 1, "dropped": 1}}
