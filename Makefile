@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help env run repro promote package serve container batch-predict feedback monitor rollback rollout test test-fast lab ui lint format lock clean
+.PHONY: help env run repro promote package serve container batch-predict feedback monitor rollback rollout retrain test test-fast lab ui lint format lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -69,14 +69,18 @@ feedback: $(ENV_STAMP) ## Append ground-truth labels (request_id, record, label)
 monitor: $(ENV_STAMP) ## Judge the recent prediction log (PREDICTION_LOG_DIR, default monitoring/): reports/monitor.{json,html}; exit 0 OK 1 WARNING 2 CRITICAL 3 UNKNOWN
 	python -m pipelines monitor
 
+retrain: $(ENV_STAMP) ## New labelled rows -> new data version -> dvc repro -> gate: [IN=labelled.csv] [TRIGGER=labels|drift|performance|schedule]
+	python -m pipelines retrain $(if $(IN),--in "$(IN)") --trigger "$${TRIGGER:-labels}"
+
 rollback: $(ENV_STAMP) ## Move the champion alias back one step (REASON="...")
 	python -m pipelines rollback --reason "$${REASON:-manual rollback}"
 
-rollout: $(ENV_STAMP) ## Start, step or end a rollout: MODE=shadow|canary|off [SHARE=0.1], START=<version>, or FINISH=1
+rollout: $(ENV_STAMP) ## Start, step or end a rollout: MODE=shadow|canary|off [SHARE=0.1], START=<version>, FINISH=1, or ANALYZE=1 [WATCH=1]
 	@if [ -n "$(START)" ]; then set -- --start "$(START)"
 	elif [ -n "$(FINISH)" ]; then set -- --finish
+	elif [ -n "$(ANALYZE)" ]; then exec python -m pipelines rollout --analyze $(if $(WATCH),--watch)
 	elif [ -n "$(MODE)" ]; then set -- --mode "$(MODE)" $(if $(SHARE),--share "$(SHARE)")
-	else echo "usage: make rollout MODE=shadow|canary|off [SHARE=0.1] | START=<version> | FINISH=1" >&2; exit 2
+	else echo "usage: make rollout MODE=shadow|canary|off [SHARE=0.1] | START=<version> | FINISH=1 | ANALYZE=1 [WATCH=1]" >&2; exit 2
 	fi
 	python -m pipelines rollout "$$@" --reason "$${REASON:-manual rollout}"
 

@@ -17,11 +17,21 @@ Command = Callable[[Path, dict[str, Any], argparse.Namespace], str]
 
 
 def promote(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
-    from pipelines.release import promotion
+    from pipelines.release import on_pass, promotion
 
     decision = promotion.run_promotion(root, params)
+    decision = on_pass.apply(root, params, decision, reason="promote")  # rollout.on_pass: rollout
     promotion.record(decision, params, root)
-    return promotion.summary(decision)
+    packaged = _repackaged(root, params, "the promotion") if decision.get("promoted") else ""
+    return promotion.summary(decision) + packaged
+
+
+def retrain(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
+    from pipelines.release import retrain as retraining
+
+    decision = retraining.run(root, params, source=args.source, trigger=args.trigger)
+    packaged = _repackaged(root, params, "the retrain's decision") if decision.get("promoted") else ""
+    return retraining.summary(decision) + packaged
 
 
 def rollback(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
@@ -29,12 +39,40 @@ def rollback(root: Path, params: dict[str, Any], args: argparse.Namespace) -> st
 
     decision = promotion.run_rollback(root, params, args.reason)
     promotion.record(decision, params, root)
-    return promotion.summary(decision)
+    return promotion.summary(decision) + _repackaged(root, params, "the rollback")
+
+
+def _repackaged(root: Path, params: dict[str, Any], done: str | None = None) -> str:
+    """The roles as the registry now has them, in the BentoML store (running services follow the
+    registry and load from there); the end of the command's one line. Only in a project that
+    has been packaged (`paths.bento` exists): one that never served has nothing to keep in step.
+    `done` names the registry change already made, for the error if packaging fails."""
+    from pipelines.core.errors import PipelineError
+    from pipelines.release import package as packaging
+
+    bento = (params.get("paths") or {}).get("bento")
+    if done is not None and not (bento and (root / bento).is_file()):
+        return ""
+    try:
+        record = packaging.package_models(root, params)
+    except PipelineError as exc:
+        if done is None:
+            raise
+        raise PipelineError(
+            f"{done} is in the registry, but packaging failed ({exc}); run `make package`"
+        ) from None
+    line = f"; packaged champion v{record['registry_version']} ({record['model']})"
+    if "challenger" in record:
+        found = record["challenger"]
+        line += f", challenger v{found['registry_version']} ({found['model']})"
+    return line
 
 
 def rollout(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
     from pipelines.release import rollout as rollouts
 
+    if args.analyze:
+        analyze(root, params, args)
     decision = rollouts.run(
         root,
         params,
@@ -44,12 +82,36 @@ def rollout(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str
         finish_it=args.finish,
         reason=args.reason,
     )
-    return rollouts.summary(decision)
+    packaged = _repackaged(root, params, "the rollout change") if args.start or args.finish else ""
+    return rollouts.summary(decision) + packaged
+
+
+def analyze(root: Path, params: dict[str, Any], args: argparse.Namespace) -> None:
+    """`rollout --analyze [--watch]`: its own exit codes, 0 pass, inconclusive or finished, 1 fail
+    (the rollout was aborted), 2 when it cannot analyse (params, registry, log): one line each."""
+    from pipelines.core.errors import PipelineError
+    from pipelines.monitoring import monitor
+    from pipelines.release import rollout as rollouts
+
+    folder = Path(args.log_dir) if args.log_dir else monitor.log_dir(root)
+    try:
+        if not args.watch:
+            result = rollouts.run_analysis(root, params, folder)
+            print(result["line"])
+            raise SystemExit(1 if result.get("decision", {}).get("outcome") == "fail" else 0)
+        raise SystemExit(
+            rollouts.watch(root, params, folder, lambda line: print(line, flush=True), args.max_seconds)
+        )
+    except PipelineError as exc:
+        print(f"ERROR rollout: {str(exc).splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def package(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
     from pipelines.release import package as packaging
 
+    if args.models_only:
+        return "PACKAGED" + _repackaged(root, params).removeprefix("; packaged")
     record = packaging.package(root, params)
     return (
         f"PACKAGED {record['bento']} with {record['model']} "
@@ -117,6 +179,22 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         add_help=False,
     )
     add(promote.__name__, promote, "gate the best candidate against the champion; promote it if it passes")
+    retraining = add(
+        retrain.__name__,
+        retrain,
+        "new labelled rows -> a new DVC data version -> dvc repro -> the gate (docs/retraining.md)",
+    )
+    retraining.add_argument(
+        "--in",
+        dest="source",
+        help="labelled table with the source's columns (default: the service's log + labels)",
+    )
+    retraining.add_argument(
+        "--trigger",
+        default="labels",
+        choices=("labels", "drift", "performance", "schedule"),
+        help="recorded with the decision",
+    )
     add(rollback.__name__, rollback, "move the champion alias back one step").add_argument(
         "--reason", default="manual rollback", help="recorded on the demoted version"
     )
@@ -131,11 +209,31 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     action.add_argument(
         "--finish", action="store_true", help="the challenger becomes champion; the rollout ends"
     )
+    action.add_argument(
+        "--analyze",
+        action="store_true",
+        help="judge the current step: pass advances, fail aborts (exit 1), inconclusive waits",
+    )
+    rolling.add_argument(
+        "--watch", action="store_true", help="--analyze every rollout.poll_seconds until off"
+    )
+    rolling.add_argument("--max-seconds", type=float, help="--watch stops after this long")
+    rolling.add_argument(
+        "--log-dir", help="--analyze: the service's log folder (default: PREDICTION_LOG_DIR)"
+    )
     rolling.add_argument(
         "--share", type=float, help="canary only: the challenger's share, 0-1 (default: its step's)"
     )
     rolling.add_argument("--reason", default="manual", help="recorded with the decision")
-    add(package.__name__, package, "import the champion into BentoML, compile it, build the bento")
+    add(
+        package.__name__,
+        package,
+        "import the champion (and a challenger under rollout) into BentoML, compile it, build the bento",
+    ).add_argument(
+        "--models-only",
+        action="store_true",
+        help="only the models the registry's roles name, no bento (what running services load)",
+    )
     scoring = add(batch.__name__, batch, "score a CSV or Parquet file with the packaged champion")
     scoring.add_argument("source", help="input table (.csv, .tsv, .parquet; text may end .gz, .bz2, .xz)")
     scoring.add_argument("target", help="output table, any of the input's formats")
@@ -161,6 +259,10 @@ def main(argv: list[str]) -> int:
         return command.cli(argv[1:])
     parser, commands = _parser()
     args = parser.parse_args(argv)
+    if args.command == "rollout" and not args.analyze and (args.watch or args.max_seconds or args.log_dir):
+        parser.error("rollout: --watch, --max-seconds and --log-dir go with --analyze")
+    if args.command == "rollout" and args.analyze and args.share is not None:
+        parser.error("rollout: --share does not go with --analyze")
     from pipelines.core import config
     from pipelines.core.errors import PipelineError
 

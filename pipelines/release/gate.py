@@ -88,3 +88,31 @@ def decide(
         passed.append("no champion yet: the floors decide")
 
     return Decision(promote=not failed, reasons=failed or passed)
+
+
+def decide_fresh(
+    challenger: dict[str, float], champion: dict[str, float], metric: str, min_delta: float
+) -> Decision:
+    """The fresh holdout (the freshest labelled rows): the challenger's primary metric must beat the
+    champion's by `min_delta` (retrain.fresh_min_delta). A metric the window cannot give (one class
+    only, say) fails: the gate does not pass what it could not check."""
+    new, old = challenger.get(metric, math.nan), champion.get(metric, math.nan)
+    delta = improvement(metric, new, old)
+    ok = delta >= min_delta  # NaN fails
+    return Decision(
+        promote=ok,
+        reasons=[
+            f"fresh holdout {metric} {new:.4f} vs champion {old:.4f}: {delta:+.4f} (needs >= {min_delta})"
+        ],
+    )
+
+
+def combine(fixed: Decision, fresh: Decision | None) -> Decision:
+    """Both holdouts must pass. The reasons are those that decided: every failed rule when the gate
+    refuses, every passed one (the fixed holdout's first) when it promotes."""
+    if fresh is None:
+        return fixed
+    if fixed.promote and fresh.promote:
+        return Decision(promote=True, reasons=[*fixed.reasons, *fresh.reasons])
+    failed = [reason for d in (fixed, fresh) if not d.promote for reason in d.reasons]
+    return Decision(promote=False, reasons=failed)

@@ -440,6 +440,27 @@ def import_version(client: Any, version: Any, params: dict, store_name: str) -> 
     return model
 
 
+def package_models(root: Path, params: dict) -> dict[str, Any]:
+    """The registry's champion and challenger in the BentoML store, without building a bento (~1 s
+    when both are packaged already): what running services load when they follow the registry,
+    and the champion as `latest` for batch scoring and a restarted service."""
+    stores.use_bentoml_home(root, params)
+    import mlflow
+
+    runs.use_project_experiment(root, params)
+    client = mlflow.MlflowClient()
+    name = params["promote"]["registered_model"]
+    champion = import_champion(client, name, params)
+    challenger = import_challenger(client, name, params)
+    record = {"model": str(champion.tag), "registry_version": champion.info.labels["registry_version"]}
+    if challenger is not None:
+        record["challenger"] = {
+            "model": str(challenger.tag),
+            "registry_version": challenger.info.labels["registry_version"],
+        }
+    return record
+
+
 def package(root: Path, params: dict) -> dict[str, Any]:
     stores.use_bentoml_home(root, params)
     import bentoml

@@ -2,6 +2,12 @@
 
 python -m pipelines promote                        # challenger vs champion, promote if it passes
 python -m pipelines rollback --reason "why"        # champion one step back along its history
+
+The gate judges the fixed holdout (the source's split, which new data never moves) and, once
+`make retrain` has added labelled rows, the fresh holdout too (the freshest of them): the
+challenger must win on both. What a pass does follows params.yaml `rollout.on_pass`: `champion`
+crowns the version; `rollout` registers it without moving champion, and pipelines/release/on_pass.py
+then starts its rollout in shadow, once this module's lock is released.
 """
 
 from __future__ import annotations
@@ -86,9 +92,30 @@ def record(decision: dict, params: dict, root: Path) -> None:
     files.append_jsonl(decision, stores.mlflow_store(root, params) / registry.DECISIONS_FILE)
 
 
-def run_promotion(root: Path, params: dict) -> dict:
+ON_PASS = ("champion", "rollout")  # params.yaml rollout.on_pass (pipelines/release/rollout.py checks it too)
+
+
+def on_pass(params: dict) -> str:
+    """What a passing gate does: `champion` (also when params have no rollout section) or `rollout`."""
+    value = (params.get("rollout") or {}).get("on_pass", "champion")
+    if value not in ON_PASS:
+        raise PipelineError(f"rollout.on_pass must be one of {', '.join(ON_PASS)}")
+    return value
+
+
+def fresh_holdout(params: dict) -> pd.DataFrame | None:
+    """The freshest labelled rows (`make retrain`), or None before there are any."""
+    path = params["paths"].get("fresh_holdout")
+    if not path or not Path(path).is_file():
+        return None
+    frame = pd.read_parquet(path)
+    return frame if len(frame) else None
+
+
+def run_promotion(root: Path, params: dict, context: dict | None = None) -> dict:
     """The gate's decision, applied under the store's promotion lock, after repairing what a
-    crashed promote or rollback left."""
+    crashed promote or rollback left. `context` (a retrain's trigger and data versions) goes into
+    the decision, and onto the challenger's run as `retrain.*` tags."""
     import mlflow
 
     if stores.main_root(root) != root:
@@ -97,12 +124,13 @@ def run_promotion(root: Path, params: dict) -> dict:
     client = mlflow.MlflowClient()
     with registry.exclusive(stores.mlflow_store(root, params)):
         repairs = registry.repair(client, params["promote"]["registered_model"])
-        decision = _promotion(client, params)
+        decision = _promotion(client, params, context or {})
     return {**decision, "repairs": repairs} if repairs else decision
 
 
-def _promotion(client: Any, params: dict) -> dict:
+def _promotion(client: Any, params: dict, context: dict) -> dict:
     rules, data, paths = params["promote"], params["data"], params["paths"]
+    passing = on_pass(params)
     name = rules["registered_model"]
     layout = Layout.from_paths(paths)
     # The scores files only pick the challenger: the gate decides on scores it computes itself.
@@ -121,7 +149,9 @@ def _promotion(client: Any, params: dict) -> dict:
         "challenger_scores_file": claimed[challenger],
         "champion_version": champion.version if champion else None,
         "champion_run_id": champion.run_id if champion else None,
+        **context,
     }
+    _tag_context(client, trained["run_id"], context)
     if champion is not None and champion.run_id == trained["run_id"]:
         notes = []
         if artifacts.recorded_digest(champion) is None:  # promoted before digests: record it now
@@ -134,6 +164,13 @@ def _promotion(client: Any, params: dict) -> dict:
             ],
         )
         return decision
+    waiting = registry.challenger_version(client, name)
+    if waiting is not None and waiting.run_id == trained["run_id"]:
+        decision.update(
+            promoted=False,
+            reasons=[f"{challenger} (run {trained['run_id']}) is already challenger v{waiting.version}"],
+        )
+        return decision
 
     what = f"challenger {challenger} (run {trained['run_id']})"
     candidate = artifacts.load(trained["model_uri"], what)
@@ -142,17 +179,23 @@ def _promotion(client: Any, params: dict) -> dict:
     decision.update(challenger_scores=rescored, challenger_sha256=candidate.sha256)
     notes = disagreements(claimed[challenger], rescored, layout.holdout_scores(challenger).as_posix())
 
-    champion_scores = None
-    today = champion_today(client, name, holdout, data, positive)
-    if today is not None:
-        _, champion_scores, champion_notes = today
+    champion_scores = champion_model = None
+    if champion is not None:
+        champion_model, champion_notes = champion_artifact(client, name, champion)
+        champion_scores = score(champion_model, holdout, data, positive)
         decision["champion_scores_today"] = champion_scores
         notes += champion_notes
     baseline = baseline_scores(
         pd.read_parquet(paths["train"]), holdout, data, positive, rules["primary_metric"]
     )
     decision["baseline_scores"] = baseline
-    verdict = gate.decide(rescored, champion_scores, baseline, rules)
+    fixed = gate.decide(rescored, champion_scores, baseline, rules)
+    fresh = _fresh_verdict(decision, candidate, champion_model, params, rules, positive)
+    verdict = gate.combine(fixed, fresh)
+    decision["holdouts"] = {
+        "fixed": {"passed": fixed.promote, "reasons": fixed.reasons},
+        "fresh": None if fresh is None else {"passed": fresh.promote, "reasons": fresh.reasons},
+    }
     decision.update(promoted=verdict.promote, reasons=[*verdict.reasons, *notes])
 
     if verdict.promote:
@@ -167,10 +210,62 @@ def _promotion(client: Any, params: dict) -> dict:
                 artifacts.DIGEST_TAG: candidate.sha256,
             }
         )
-        decision["version"] = registry.promote(client, name, trained["model_uri"], tags)
+        if passing == "rollout" and champion is not None:  # the first champion is crowned either way
+            decision["version"] = registry.register(client, name, trained["model_uri"], tags)
+            decision["on_pass"] = "rollout"
+        else:
+            decision["version"] = registry.promote(client, name, trained["model_uri"], tags)
+            decision["on_pass"] = "champion"
     client.set_tag(trained["run_id"], "promotion.decision", "promoted" if verdict.promote else "refused")
     client.set_tag(trained["run_id"], "promotion.reasons", "; ".join(decision["reasons"])[:4900])
     return decision
+
+
+def _fresh_verdict(
+    decision: dict,
+    candidate: artifacts.LoadedArtifact,
+    champion: artifacts.LoadedArtifact | None,
+    params: dict,
+    rules: dict,
+    positive: Any,
+) -> gate.Decision | None:
+    """The fresh holdout's verdict (None without fresh rows, or without a champion to beat there);
+    both models' scores on it go into the decision."""
+    fresh = fresh_holdout(params)
+    if fresh is None:
+        return None
+    data = params["data"]
+    decision["fresh_holdout_rows"] = len(fresh)
+    decision["challenger_scores_fresh"] = _score_or_nan(candidate, fresh, data, positive)
+    if champion is None:
+        return None
+    decision["champion_scores_fresh"] = _score_or_nan(champion, fresh, data, positive)
+    min_delta = (params.get("retrain") or {}).get("fresh_min_delta", 0.0)
+    return gate.decide_fresh(
+        decision["challenger_scores_fresh"],
+        decision["champion_scores_fresh"],
+        rules["primary_metric"],
+        min_delta,
+    )
+
+
+def _score_or_nan(loaded: artifacts.LoadedArtifact, frame: pd.DataFrame, data: dict, positive: Any) -> dict:
+    """Scores on a small window; a metric it cannot give (one class only) is NaN, and fails the gate."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return score(loaded, frame, data, positive)
+        except ValueError:
+            return {}
+
+
+def _tag_context(client: Any, run_id: str, context: dict) -> None:
+    """A retrain's trigger and data versions, on the challenger's MLflow run."""
+    for key, value in context.get("retrain", {}).items():
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            client.set_tag(run_id, f"retrain.{key}", str(value)[:4900])
 
 
 def run_rollback(root: Path, params: dict, reason: str) -> dict:
@@ -199,6 +294,18 @@ def summary(decision: dict) -> str:
         return (
             f"ROLLED BACK {decision['registered_model']}: v{decision['from_version']} -> "
             f"v{decision['champion_version']} ({decision['reasons'][0]})"
+        )
+    if decision["promoted"] and decision.get("on_pass") == "rollout":
+        started = decision.get("rollout_started")
+        return (
+            f"REGISTERED {decision['challenger']} as {decision['registered_model']} v{decision['version']} "
+            + (
+                "(challenger, rollout in shadow)"
+                if started
+                else f"(rollout not started: {decision.get('rollout_error')})"
+            )
+            + ": "
+            + "; ".join(decision["reasons"])
         )
     if decision["promoted"]:
         return (

@@ -287,3 +287,17 @@ def promote_version(client: Any, name: str, version: str) -> str | None:
     client.set_model_version_tag(name, version, STATE_TAG, PENDING)
     _crown(client, name, chain, version)
     return chain[-1] if chain else None
+
+
+# --- Registered without crowning (params.yaml rollout.on_pass: rollout) ---
+
+REGISTERED = "registered"  # STATE_TAG of a version that passed the gate and waits as challenger
+
+
+def register(client: Any, name: str, model_uri: str, tags: dict[str, str]) -> str:
+    """Register a new version WITHOUT moving champion: a passing gate under `rollout.on_pass:
+    rollout` (the rollout's start makes it challenger). Never pending, so `repair` leaves it be;
+    `promote_version` crowns it later in the usual order."""
+    import mlflow
+
+    return str(mlflow.register_model(model_uri, name, tags={**tags, STATE_TAG: REGISTERED}).version)

@@ -265,8 +265,11 @@ def test_cached_frames_are_the_parsed_frames_and_active_files_are_never_cached(r
         parses = opened(monkeypatch)
         again = list(logs.iter_frames(rotated, only=only))  # from the cache
         monkeypatch.undo()
-        # Only the active files are parsed (twice where a type inferred from line 1 fails).
-        assert set(parses) == {"predictions.0.jsonl", "predictions.1.jsonl", "predictions.2.jsonl"}
+        # Only the active files are parsed (twice where a type inferred from line 1 fails); an
+        # active file left empty by a rotation on its last write has nothing to parse.
+        active = {f"predictions.{w}.jsonl" for w in range(3)}
+        assert set(parses) == {n for n in active if (rotated / "predictions" / n).stat().st_size}
+        assert set(parses)
         for frames in (first, again):
             assert len(frames) == len(parsed)
             for got, want in zip(frames, parsed, strict=True):
