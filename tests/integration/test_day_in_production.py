@@ -96,13 +96,14 @@ def cli(root, env, *args, timeout=900):
 
 
 def registry(root, params):
+    """The registered model's aliases (alias -> version as text) and tags, read with MlflowClient."""
     import mlflow
 
     from pipelines.core import stores
 
     client = mlflow.MlflowClient(stores.tracking_uri(stores.mlflow_store(root, params)))
     model = client.get_registered_model(params["promote"]["registered_model"])
-    return model.aliases, model.tags
+    return {alias: str(version) for alias, version in model.aliases.items()}, model.tags
 
 
 def champion_tag(root, params, key):

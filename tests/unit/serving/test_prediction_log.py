@@ -877,6 +877,7 @@ def test_shadow_lines_count_for_their_role_only_and_roles_are_kept_apart(tmp_pat
         ("r1", "3", "challenger"),
         ("r1", "2", "shadow"),
     ]
+    assert lines[0]["inputs"] == {"a": 1} and "inputs" not in lines[1]  # the answered line holds them
     (window,) = read_lines(tmp_path / "outcomes" / "outcomes.2.jsonl")
     # One request answered, one failed, one refused: shadow scoring is not a request.
     assert window["counts"] == {"ok": 1, "error": 1, "unauthorized": 1}
