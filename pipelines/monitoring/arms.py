@@ -161,8 +161,11 @@ def live(
         mine = lines[lines["arm"] == arm].drop(columns=[logs.ROLE], errors="ignore")
         joined = labels.join([mine], found, timedelta(hours=1), examples=examples)
         valid, _ = labels.valid_rows(joined)
+        # An arm with no labelled line in this step joins to a frame without its columns.
+        wanted = [logs.PROBABILITIES + c for c in classes] if classes else ["prediction"]
+        valid = valid.reindex(columns=[*wanted, "label"])
         if classes:
-            answers = valid[[logs.PROBABILITIES + c for c in classes]].fillna(0.0).to_numpy(dtype=float)
+            answers = valid[wanted].fillna(0.0).to_numpy(dtype=float)
         else:
             answers = pd.to_numeric(valid["prediction"], errors="coerce").to_numpy()
         arms[arm] = {"labels": valid["label"].tolist(), "answers": answers}

@@ -116,9 +116,13 @@ def champion_tag(root, params, key):
 
 
 def log_lines(log_dir):
+    """Every line of the prediction log: the active files and the rotated ones (gzipped)."""
+    import gzip
+
     lines = []
-    for path in sorted((log_dir / "predictions").glob("predictions.*.jsonl")):
-        lines += [json.loads(line) for line in path.read_text().splitlines() if line]
+    for path in sorted((log_dir / "predictions").glob("predictions.*.jsonl*")):
+        data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+        lines += [json.loads(line) for line in data.decode().splitlines() if line]
     return lines
 
 

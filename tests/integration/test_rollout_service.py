@@ -93,9 +93,13 @@ def wait_for(predicate, what, bound=SWAP_BOUND_S):
 
 
 def log_lines(log_dir):
+    """Every line of the prediction log: the active files and the rotated ones (gzipped)."""
+    import gzip
+
     lines = []
-    for path in sorted((log_dir / "predictions").glob("predictions.*.jsonl")):
-        lines += [json.loads(line) for line in path.read_text().splitlines() if line]
+    for path in sorted((log_dir / "predictions").glob("predictions.*.jsonl*")):
+        data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+        lines += [json.loads(line) for line in data.decode().splitlines() if line]
     return lines
 
 

@@ -203,6 +203,19 @@ def test_live_metrics_per_arm_on_the_labelled_records(tmp_path):
     assert len(labels.read_labels(tmp_path)) == 200
 
 
+def test_labels_for_none_of_the_steps_records_leave_live_metrics_unjudged(tmp_path):
+    # Labels posted for earlier traffic (other request ids): the step's lines join to nothing.
+    write_lines(tmp_path, traffic(100, probability, probability))
+    (tmp_path / "feedback").mkdir()
+    with open(tmp_path / "feedback" / "labels.t.jsonl", "w") as out:
+        for i in range(50):
+            entry = {"request_id": f"old{i}", "record": 0, "label": "yes", "source": "api"}
+            out.write(json.dumps({**entry, "received_at": START.isoformat()}) + "\n")
+    figures, decision = analyse(tmp_path, "shadow", positive="yes", min_labels=30)
+    assert figures["champion"]["labelled"] == 0 and figures["challenger"]["labelled"] == 0
+    assert decision["outcome"] == "pass"  # an equal challenger: nothing else to judge against it
+
+
 def test_the_report_holds_the_figures_and_the_html_is_self_contained(tmp_path):
     write_lines(tmp_path, traffic(100, probability, lambda i: 1 - probability(i)))
     figures, decision = analyse(tmp_path, "shadow")
