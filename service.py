@@ -75,7 +75,7 @@ class Predictor:
             bundle.load(self.champion.path),
             Path(self.champion.path).parents[1],  # the model store (a bento's own, when serving one)
             lambda: registry_view.read_roles(uri, name, os.environ),
-            float(rollout.get("poll_seconds", follower.DEFAULT_POLL_SECONDS)),
+            float(rollout.get("poll_seconds") or follower.DEFAULT_POLL_SECONDS),
         )
         follows.sync()  # before the first request: a registry that moved since packaging is followed now
         follows.start()

@@ -107,8 +107,6 @@ def analyze(root: Path, params: dict[str, Any], args: argparse.Namespace) -> Non
             code = 1 if result.get("decision", {}).get("outcome") == "fail" else 0
         else:
             code = rollouts.watch(root, params, folder, emit, args.max_seconds)
-        if any(finished):  # the new champion as the store's latest, for batch scoring and restarts
-            _repackaged(root, params, "the finished rollout")
     except PipelineError as exc:
         print(f"ERROR rollout: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None
