@@ -94,19 +94,15 @@ def analyze(root: Path, params: dict[str, Any], args: argparse.Namespace) -> Non
     from pipelines.release import rollout as rollouts
 
     folder = Path(args.log_dir) if args.log_dir else monitor.log_dir(root)
-    finished: list[bool] = []
-
-    def emit(line: str) -> None:
-        finished.append(line.startswith("ANALYSIS pass") and "ROLLOUT finished" in line)
-        print(line, flush=True)
-
     try:
         if not args.watch:
             result = rollouts.run_analysis(root, params, folder)
-            emit(result["line"])
+            print(result["line"])
             code = 1 if result.get("decision", {}).get("outcome") == "fail" else 0
         else:
-            code = rollouts.watch(root, params, folder, emit, args.max_seconds)
+            code = rollouts.watch(
+                root, params, folder, lambda line: print(line, flush=True), args.max_seconds
+            )
     except PipelineError as exc:
         print(f"ERROR rollout: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,6 +1,6 @@
 """New labelled rows (`make retrain`): the DVC-tracked batches, their order, and the fresh holdout.
 
-`data.labelled` is a folder of Parquet batches, one per retrain, named by their UTC stamp so that
+`paths.labelled_batches` is a folder of Parquet batches, one per retrain, named by their UTC stamp so that
 name order is time order; within a batch, rows are oldest first. Each batch is tracked by its own
 `.dvc` file, and the folder as a whole is a dependency of the ingest stage: a new batch is a new
 data version. The source's split never sees these rows, so the original holdout stays fixed; the

@@ -171,10 +171,11 @@ def packaged_model(version: Any, spec: str, store_name: str = bundle.MODEL_NAME)
     """
     import bentoml
 
+    stored = bentoml.models.list()  # all models: listing by name raises when there is none
     matches = sorted(
         (
             model
-            for model in bentoml.models.list()  # all models: listing by name raises when there is none
+            for model in stored
             if model.tag.name in (bundle.MODEL_NAME, bundle.CHALLENGER_NAME)
             and model.info.labels.get("run_id") == version.run_id
             and model.info.labels.get("registry_version") == str(version.version)
@@ -189,7 +190,8 @@ def packaged_model(version: Any, spec: str, store_name: str = bundle.MODEL_NAME)
         return None
     if store_name == bundle.CHALLENGER_NAME:
         return matches[0]
-    latest = bentoml.models.get(f"{bundle.MODEL_NAME}:latest") if _has_champion(bentoml) else None
+    has_champion = any(model.tag.name == bundle.MODEL_NAME for model in stored)
+    latest = bentoml.models.get(f"{bundle.MODEL_NAME}:latest") if has_champion else None
     if latest is not None and any(model.tag == latest.tag for model in matches):
         return latest
     source = matches[0]
@@ -200,10 +202,6 @@ def packaged_model(version: Any, spec: str, store_name: str = bundle.MODEL_NAME)
             if (Path(source.path) / name).is_file():
                 shutil.copy(Path(source.path) / name, Path(model.path) / name)
     return bentoml.models.get(model.tag)
-
-
-def _has_champion(bentoml: Any) -> bool:
-    return any(model.tag.name == bundle.MODEL_NAME for model in bentoml.models.list())
 
 
 def verify_stored(model: Any) -> None:

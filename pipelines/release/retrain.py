@@ -12,10 +12,10 @@ it, from the service's log: the labels posted to /feedback joined to the answere
 - the last retrain that made a data version is less than `retrain.cooldown_hours` old;
 - the pipeline is not up to date with its committed data (`dvc status`), or dvc.lock holds
   uncommitted changes: the retrain's commit must hold its own data version and nothing else.
-Then the new rows become `data.labelled/<UTC stamp>.parquet`, tracked by `dvc add`; `dvc repro`
+Then the new rows become `<paths.labelled_batches>/<UTC stamp>.parquet`, tracked by `dvc add`; `dvc repro`
 rebuilds what depends on them (a failure takes the batch out again and restores dvc.lock); the
 data-version files are committed (retrain.commit); and the gate decides (promotion.py), with the
-trigger and the data versions (DVC md5 of data.labelled before and after) in its record.
+trigger and the data versions (DVC md5 of paths.labelled_batches before and after) in its record.
 docs/retraining.md has the whole policy.
 """
 
@@ -63,8 +63,8 @@ def check(params: dict[str, Any]) -> dict[str, Any]:
         raise ParamsError("retrain.cooldown_hours must be a number of hours, 0 or more")
     if not isinstance(rules.get("commit"), bool):
         raise ParamsError("retrain.commit must be true or false")
-    if not params.get("data", {}).get("labelled"):
-        raise ParamsError("data.labelled must name the folder of labelled batches")
+    if not params.get("paths", {}).get("labelled_batches"):
+        raise ParamsError("paths.labelled_batches must name the folder of labelled batches")
     for key in ("labelled", "fresh_holdout"):
         if not params.get("paths", {}).get(key):
             raise ParamsError(f"paths.{key} is missing from params.yaml")
@@ -163,7 +163,7 @@ def _require_up_to_date(root: Path, commit: bool) -> None:
 
 
 def _known(root: Path, params: dict, like: pd.DataFrame) -> pd.DataFrame:
-    batches = labelled.read_batches(root / params["data"]["labelled"], like)
+    batches = labelled.read_batches(root / params["paths"]["labelled_batches"], like)
     return pd.concat([like, batches], ignore_index=True)
 
 
@@ -280,7 +280,7 @@ def run(
     if why:
         raise PipelineError(why)
     _require_up_to_date(root, rules["commit"])
-    folder = params["data"]["labelled"]
+    folder = params["paths"]["labelled_batches"]
     old_version = data_version(root, folder)
     batch = _add_batch(root, root / folder, new, now)
     _repro(root, batch)

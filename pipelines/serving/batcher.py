@@ -92,7 +92,7 @@ class Batcher:
                 outcome = self.fn(rows)
             else:
                 outcome = await asyncio.get_running_loop().run_in_executor(self._pool, self.fn, rows)
-            answers = _split(outcome, [len(items) for items, _ in batch])
+            answers = split(outcome, [len(items) for items, _ in batch])
         except Exception as exc:
             answers = [exc] * len(batch)
         for (_, future), answer in zip(batch, answers, strict=True):
@@ -102,7 +102,7 @@ class Batcher:
                 _settle(future, result=answer)
 
 
-def _split(outcome: object, sizes: list[int]) -> list[tuple[list, list | None]]:
+def split(outcome: object, sizes: list[int]) -> list[tuple[list, list | None]]:
     """Each caller's slice of the model's answer; a ValueError when the answer does not fit."""
     if not (isinstance(outcome, tuple) and len(outcome) == 2):
         raise ValueError("the model did not return (predictions, probabilities)")

@@ -16,6 +16,7 @@ log say why. A challenger that cannot be loaded is simply absent: the champion a
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.serving import bundle, routing
+from pipelines.serving import answers, bundle, routing
 from pipelines.serving.batcher import Batcher
 from pipelines.serving.bundle import LoadedModel
 from pipelines.serving.registry_view import Roles
@@ -79,15 +80,11 @@ def make_arm(loaded: LoadedModel) -> Arm:
     return Arm(
         loaded,
         Batcher(
-            _answerer(loaded), loaded.meta["limits"]["max_queue_rows"], inline=loaded.compiled is not None
+            functools.partial(answers.answer, loaded),
+            loaded.meta["limits"]["max_queue_rows"],
+            inline=loaded.compiled is not None,
         ),
     )
-
-
-def _answerer(loaded: LoadedModel) -> Callable[[list[dict]], tuple[list, list | None]]:
-    from pipelines.serving import answers
-
-    return lambda rows: answers.answer(loaded, rows)
 
 
 def _created(model_yaml: Path) -> str:

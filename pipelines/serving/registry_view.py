@@ -10,11 +10,12 @@ share outside 0-1 is refused (`BadRoles`), and the service then keeps what it se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,20 +39,26 @@ def shareable_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
-def sqlite_champion(uri: str, name: str) -> str | None:
-    """The champion's version in a SQLite tracking store, opened read-only; None if no alias."""
+@contextlib.contextmanager
+def _sqlite(uri: str) -> Iterator[tuple[sqlite3.Connection, str]]:
+    """A SQLite tracking store opened read-only, and the WHERE clause that scopes its registry
+    rows: MLflow 3 keys them by workspace too; older stores have no such column."""
     path = uri.removeprefix("sqlite:///")
     with sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=TIMEOUT_SECONDS) as db:
-        try:  # MLflow 3 keys aliases by workspace too; older stores have no such column
-            rows = db.execute(
-                "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ? "
-                "AND workspace = 'default'",
-                (name, ALIAS),
-            ).fetchall()
+        scope = " AND workspace = 'default'"
+        try:
+            db.execute("SELECT workspace FROM registered_model_aliases LIMIT 0")
         except sqlite3.OperationalError:
-            rows = db.execute(
-                "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", (name, ALIAS)
-            ).fetchall()
+            scope = ""
+        yield db, scope
+
+
+def sqlite_champion(uri: str, name: str) -> str | None:
+    """The champion's version in a SQLite tracking store, opened read-only; None if no alias."""
+    with _sqlite(uri) as (db, scope):
+        rows = db.execute(
+            f"SELECT version FROM registered_model_aliases WHERE name = ?{scope} AND alias = ?", (name, ALIAS)
+        ).fetchall()
     return str(rows[0][0]) if rows else None
 
 
@@ -119,13 +126,7 @@ def roles_of(aliases: Mapping[str, Any], tags: Mapping[str, str]) -> Roles:
 
 
 def sqlite_roles(uri: str, name: str) -> Roles:
-    path = uri.removeprefix("sqlite:///")
-    with sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=TIMEOUT_SECONDS) as db:
-        scope = " AND workspace = 'default'"
-        try:
-            db.execute("SELECT workspace FROM registered_model_aliases LIMIT 0")
-        except sqlite3.OperationalError:  # stores before MLflow 3 have no workspace column
-            scope = ""
+    with _sqlite(uri) as (db, scope):
         aliases = dict(
             db.execute(
                 f"SELECT alias, version FROM registered_model_aliases WHERE name = ?{scope} AND alias IN (?, ?)",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines.serving import answers
-from pipelines.serving.batcher import _split
+from pipelines.serving.batcher import split
 from pipelines.serving.follower import Arm
 from pipelines.serving.prediction_log import LogUnavailable
 
@@ -86,7 +86,7 @@ class Shadow:
                 outcome = answers.answer(arm.loaded, rows)
             else:
                 outcome = await asyncio.to_thread(answers.answer, arm.loaded, rows)
-            parts = _split(outcome, [len(part) for _, part in group])
+            parts = split(outcome, [len(part) for _, part in group])
         except Exception:
             log.exception("shadow scoring failed (v%s)", arm.version)
             for _ in group:

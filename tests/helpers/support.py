@@ -124,6 +124,19 @@ def copy_project(dst: Path) -> Path:
     return dst
 
 
+def retrain_ready(params: dict) -> dict:
+    """The project's params made small for tests that retrain (one candidate, 2 folds, a light
+    evaluation: two `dvc repro` fit in a test) and whose gate passes any retrained challenger:
+    the loop is under test there, not the data."""
+    params["train"]["cv_folds"] = 2
+    params["train"]["candidates"] = {"linear": params["train"]["candidates"]["linear"]}
+    params["evaluate"] = {"importance_repeats": 1, "importance_max_rows": 200}
+    params["promote"]["min_delta"] = -1.0
+    params["promote"]["guards"] = {}
+    params["retrain"]["fresh_min_delta"] = -1.0
+    return params
+
+
 def git_head(root: Path) -> str:
     return run(["git", "rev-parse", "HEAD"], root, check=True).stdout.strip()
 

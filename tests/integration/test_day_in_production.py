@@ -22,66 +22,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from helpers.champion import free_port, serve, stop
-from helpers.support import copy_project, read_yaml, run, subprocess_env, write_yaml
+from helpers.support import copy_project, read_yaml, retrain_ready, run, subprocess_env, write_yaml
+from helpers.traffic import Load, log_lines, post
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 SHIFTED = "monthly_charges"
 PER_REQUEST = 10
-
-
-def post(port, path, payload, headers=None, timeout=30):
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        json.dumps(payload).encode(),
-        {"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
-    except OSError as exc:
-        return 0, {"error": type(exc).__name__}
-
-
-class Load:
-    """Two threads of 5-record requests, back to back, each on a new connection (both workers)."""
-
-    def __init__(self, port, records):
-        self.port, self.records, self.sent = port, records, []
-        self._stop, self._lock = threading.Event(), threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(2)]
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def _run(self, offset):
-        i = offset * 997
-        while not self._stop.is_set():
-            start = (i * 5) % (len(self.records) - 5)
-            status, body = post(self.port, "/predict", {"records": self.records[start : start + 5]})
-            with self._lock:
-                self.sent.append((status, body, 5))
-            i += 1
 
 
 def cli(root, env, *args, timeout=900):
@@ -95,35 +49,27 @@ def cli(root, env, *args, timeout=900):
     )
 
 
-def registry(root, params):
-    """The registered model's aliases (alias -> version as text) and tags, read with MlflowClient."""
+def client_of(root, params):
+    """An MlflowClient on the copy's own SQLite store. Not stores.tracking_uri: that honours
+    MLFLOW_TRACKING_URI, which `mlflow.set_tracking_uri` in an earlier test of this process set."""
     import mlflow
 
     from pipelines.core import stores
 
-    client = mlflow.MlflowClient(stores.tracking_uri(stores.mlflow_store(root, params)))
+    uri = f"sqlite:///{stores.mlflow_store(root, params) / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def registry(root, params):
+    """The registered model's aliases (alias -> version as text) and tags, read with MlflowClient."""
+    client = client_of(root, params)
     model = client.get_registered_model(params["promote"]["registered_model"])
     return {alias: str(version) for alias, version in model.aliases.items()}, model.tags
 
 
 def champion_tag(root, params, key):
-    import mlflow
-
-    from pipelines.core import stores
-
-    client = mlflow.MlflowClient(stores.tracking_uri(stores.mlflow_store(root, params)))
+    client = client_of(root, params)
     return client.get_model_version_by_alias(params["promote"]["registered_model"], "champion").tags[key]
-
-
-def log_lines(log_dir):
-    """Every line of the prediction log: the active files and the rotated ones (gzipped)."""
-    import gzip
-
-    lines = []
-    for path in sorted((log_dir / "predictions").glob("predictions.*.jsonl*")):
-        data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-        lines += [json.loads(line) for line in data.decode().splitlines() if line]
-    return lines
 
 
 WORSE = """
@@ -154,15 +100,7 @@ print(version.version)
 def day(tmp_path_factory):
     base = tmp_path_factory.mktemp("day")
     root = copy_project(base / "project")
-    params = read_yaml(root / "params.yaml")
-    # A small pipeline (one candidate, 2 folds) so that two `dvc repro` fit in the test's time.
-    params["train"]["cv_folds"] = 2
-    params["train"]["candidates"] = {"linear": params["train"]["candidates"]["linear"]}
-    params["evaluate"] = {"importance_repeats": 1, "importance_max_rows": 200}
-    # The loop is under test, not the data: a retrain's challenger passes the gate.
-    params["promote"]["min_delta"] = -1.0
-    params["promote"]["guards"] = {}
-    params["retrain"]["fresh_min_delta"] = -1.0
+    params = retrain_ready(read_yaml(root / "params.yaml"))
     params["rollout"].update(on_pass="rollout", poll_seconds=0.5, steps=[0.25, 1.0])
     params["rollout"]["analysis"].update(min_requests=60, min_agreement=0.8)
     write_yaml(params, root / "params.yaml")
@@ -279,9 +217,9 @@ def test_a_day_in_production(day):
         time.sleep(1)
 
     # Not one failed request, and every answered record in the log exactly once.
-    statuses = [status for status, _, _ in load.sent]
+    statuses = [status for _, status, _, _ in load.sent]
     assert len(statuses) > 500 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-    roles = {(body["model_version"], body["role"]) for _, body, _ in load.sent}
+    roles = {(body["model_version"], body["role"]) for _, _, body, _ in load.sent}
     assert {("1", "champion"), ("2", "challenger"), ("2", "champion"), (worse, "challenger")} <= roles
     stop(proc)
     answered = {}
@@ -290,7 +228,7 @@ def test_a_day_in_production(day):
             key = (line["request_id"], line["record"])
             answered[key] = answered.get(key, 0) + 1
     assert set(answered.values()) == {1}
-    for _, body, n in load.sent:
+    for _, _, body, n in load.sent:
         assert all((body["request_id"], i) in answered for i in range(n))
     history = [json.loads(line) for line in (root / "mlruns" / "promotions.jsonl").read_text().splitlines()]
     outcomes = [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers.support import copy_project, error_lines, read_yaml, run, write_yaml
+from helpers.support import copy_project, error_lines, read_yaml, retrain_ready, run, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -47,13 +47,7 @@ def git(root: Path, *args: str) -> str:
 def project(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("retrain")
     root = copy_project(base / "project")
-    params = read_yaml(root / "params.yaml")
-    params["train"]["cv_folds"] = 2
-    params["train"]["candidates"] = {"linear": params["train"]["candidates"]["linear"]}
-    params["evaluate"] = {"importance_repeats": 1, "importance_max_rows": 200}
-    params["promote"]["min_delta"] = -1.0  # the data decides nothing here: a retrain's challenger passes
-    params["promote"]["guards"] = {}
-    params["retrain"]["fresh_min_delta"] = -1.0
+    params = retrain_ready(read_yaml(root / "params.yaml"))
     write_yaml(params, root / "params.yaml")
     run(["dvc", "repro"], root, timeout=900, check=True)
     git(root, "add", "-A")
@@ -138,8 +132,10 @@ def test_retrain_makes_a_data_version_commits_it_and_gates(project):
 
     from pipelines.core import stores
 
-    mlflow.set_tracking_uri(stores.tracking_uri(stores.mlflow_store(root, params)))
-    tags = mlflow.MlflowClient().get_run(decision["challenger_run_id"]).data.tags
+    # The copy's own store: not stores.tracking_uri, which honours the MLFLOW_TRACKING_URI that
+    # `mlflow.set_tracking_uri` in an earlier test of this process set.
+    uri = f"sqlite:///{stores.mlflow_store(root, params) / 'mlflow.db'}"
+    tags = mlflow.MlflowClient(tracking_uri=uri).get_run(decision["challenger_run_id"]).data.tags
     assert tags["retrain.trigger"] == "drift" and tags["retrain.data_version_new"] == new_dep["md5"]
     (root / "unrelated.txt").unlink()
 

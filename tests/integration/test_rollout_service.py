@@ -10,18 +10,15 @@ with skops and called with scikit-learn).
 import json
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import traffic
 from helpers.champion import free_port, new_project, package_project, serve, server_env, stop, train_candidate
 from helpers.support import PROJECT as REPO
 
@@ -36,51 +33,12 @@ POLL = 0.5  # rollout.poll_seconds here: the service reads the registry twice a 
 SWAP_BOUND_S = 30.0  # generous: a swap is a poll plus a model load on a loaded 2-core box
 
 
-def post(port, records, headers=None, timeout=30):
-    body = json.dumps({"records": records}).encode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/predict", body, {"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
-    except OSError as exc:  # refused, reset: a failed request all the same
-        return 0, {"error": type(exc).__name__}
+def post(port, records, headers=None):
+    return traffic.post(port, "/predict", {"records": records}, headers)
 
 
-class Load:
-    """Threads sending 5-record requests back to back, each on a new connection (both workers)."""
-
-    def __init__(self, port, records, threads=3):
-        self.port, self.records = port, records
-        self.sent = []  # (monotonic time, status, body, n records)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
-
-    def _run(self, seed):
-        rng = np.random.default_rng(seed)
-        while not self._stop.is_set():
-            start = int(rng.integers(0, len(self.records) - 5))
-            status, body = post(self.port, self.records[start : start + 5])
-            with self._lock:
-                self.sent.append((time.monotonic(), status, body, 5))
-
-    def since(self, moment):
-        with self._lock:
-            return [s for s in self.sent if s[0] >= moment]
+def answered_by(body):
+    return body.get("model_version"), body.get("role")
 
 
 def wait_for(predicate, what, bound=SWAP_BOUND_S):
@@ -90,17 +48,6 @@ def wait_for(predicate, what, bound=SWAP_BOUND_S):
             return time.monotonic()
         time.sleep(0.05)
     raise AssertionError(f"not within {bound} s: {what}")
-
-
-def log_lines(log_dir):
-    """Every line of the prediction log: the active files and the rotated ones (gzipped)."""
-    import gzip
-
-    lines = []
-    for path in sorted((log_dir / "predictions").glob("predictions.*.jsonl*")):
-        data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-        lines += [json.loads(line) for line in data.decode().splitlines() if line]
-    return lines
 
 
 def package(root, env):
@@ -175,13 +122,13 @@ def test_shadow_canary_finish_and_rollback_reach_the_running_service_with_no_fai
     status, before = post(port, probe)
     assert status == 200 and (before["model_version"], before["role"]) == ("1", "champion")
 
-    with Load(port, records) as load:
+    with traffic.Load(port, records, threads=3) as load:
         # --- shadow: v2 scores every request off the path; answers do not change --------------
         rollout.run(world.root, world.params, start_version="2", reason="test")
         package(world.root, world.package_env)
         packaged_at = time.monotonic()
         wait_for(
-            lambda: {e["request_id"] for e in log_lines(world.log_dir) if e["role"] == "shadow"},
+            lambda: {e["request_id"] for e in traffic.log_lines(world.log_dir) if e["role"] == "shadow"},
             "shadow lines in the log",
         )
         shadow_delay = time.monotonic() - packaged_at
@@ -219,8 +166,9 @@ def test_shadow_canary_finish_and_rollback_reach_the_running_service_with_no_fai
         # --- finish: v2 is champion everywhere; rollback: v1 again ----------------------------
         rollout.run(world.root, world.params, finish_it=True, reason="test")
         finished = time.monotonic()
+        # Both fields: during the canary this probe may already be answered by v2, as challenger.
         wait_for(
-            lambda: all(post(port, probe)[1].get("model_version") == "2" for _ in range(8)),
+            lambda: all(answered_by(post(port, probe)[1]) == ("2", "champion") for _ in range(8)),
             "v2 answering as champion",
         )
         finish_delay = time.monotonic() - finished
@@ -252,7 +200,7 @@ def test_shadow_canary_finish_and_rollback_reach_the_running_service_with_no_fai
 
     # Every answered load request is in the log exactly once (answered lines; shadow lines apart).
     stop(world.proc)  # flushes the logs
-    lines = log_lines(world.log_dir)
+    lines = traffic.log_lines(world.log_dir)
     answered = {}
     for line in lines:
         if line["role"] != "shadow":

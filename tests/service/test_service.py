@@ -538,7 +538,11 @@ def test_overload_is_shed_fast_with_retry_after(server):
         assert seconds < 10
     assert max(t for _, t in shed) <= max(answered), (sorted(t for _, t in shed)[-3:], max(answered))
     text = client.get("/metrics").text
-    overloaded = [line for line in text.splitlines() if 'outcome="overloaded"' in line]
+    overloaded = [
+        line
+        for line in text.splitlines()
+        if line.startswith('tabular_predictions_total{outcome="overloaded"')
+    ]
     assert overloaded and sum(float(line.split()[-1]) for line in overloaded) == len(shed)
 
 

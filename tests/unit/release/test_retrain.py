@@ -69,8 +69,7 @@ def test_too_few_rows_then_cool_down_then_allowed():
 def test_params_are_checked():
     params = {
         "retrain": RULES,
-        "data": {"labelled": "data/labelled"},
-        "paths": {"labelled": "a", "fresh_holdout": "b"},
+        "paths": {"labelled_batches": "data/labelled", "labelled": "a", "fresh_holdout": "b"},
     }
     assert retrain.check(params) == RULES
     for key, bad in [("fresh_share", 0), ("min_new_rows", 0), ("cooldown_hours", -1), ("commit", "yes")]:
