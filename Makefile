@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help env run repro promote package serve container batch-predict feedback monitor rollback rollout retrain test test-fast lab ui lint format lock clean
+.PHONY: help env run repro promote package serve container batch-predict feedback monitor rollback rollout retrain stack-up stack-down stack-status fleet-up fleet-switch fleet-back fleet-status fleet-down test test-fast lab ui lint format lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -58,9 +58,9 @@ serve: $(ENV_STAMP) ## Serve the champion on 127.0.0.1:3000 (keys: API_KEY / API
 container: $(ENV_STAMP) ## Build the bento's OCI image (needs a Docker or podman engine)
 	bentoml containerize "$$(python -c 'import json; print(json.load(open("reports/bento.json"))["bento"])')"
 
-batch-predict: $(ENV_STAMP) ## Score a CSV/Parquet file with the packaged champion: IN=… OUT=…
-	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make batch-predict IN=input.csv OUT=scored.parquet" >&2; exit 2; }
-	python -m pipelines batch "$(IN)" "$(OUT)"
+batch-predict: $(ENV_STAMP) ## Score a CSV/Parquet file (local or s3://) with the packaged champion: IN=… OUT=… [ENGINE=local|dask] [SCHEDULER=tcp://host:8786]
+	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make batch-predict IN=input.csv OUT=scored.parquet [ENGINE=local|dask] [SCHEDULER=address]" >&2; exit 2; }
+	python -m pipelines batch "$(IN)" "$(OUT)" --engine "$${ENGINE:-local}" $(if $(SCHEDULER),--scheduler "$(SCHEDULER)")
 
 feedback: $(ENV_STAMP) ## Append ground-truth labels (request_id, record, label) from a CSV/Parquet file: IN=…
 	@test -n "$(IN)" || { echo "usage: make feedback IN=labels.csv" >&2; exit 2; }
@@ -84,6 +84,33 @@ rollout: $(ENV_STAMP) ## Start, step or end a rollout: MODE=shadow|canary|off [S
 	fi
 	python -m pipelines rollout "$$@" --reason "$${REASON:-manual rollout}"
 
+# The team stack (docs/team.md): PostgreSQL, SeaweedFS (S3) and an MLflow server as plain processes
+# on free loopback ports, state and PIDs in .stack/. `source .stack/env` points this shell at it.
+stack-up: $(ENV_STAMP) ## Start the team stack: PostgreSQL + S3 store + MLflow server (state in .stack/)
+	python -m pipelines.team.stack up
+
+stack-down: $(ENV_STAMP) ## Stop the team stack by PID (its data stays in .stack/)
+	python -m pipelines.team.stack down
+
+stack-status: $(ENV_STAMP) ## Show the team stack's processes, ports and health
+	python -m pipelines.team.stack status
+
+# A fleet of service replicas behind HAProxy (docs/team.md), with a blue-green switch.
+fleet-up: $(ENV_STAMP) ## Start REPLICAS (default 2) service replicas of the packaged bento behind HAProxy
+	python -m pipelines.team.fleet up --replicas "$${REPLICAS:-2}"
+
+fleet-switch: $(ENV_STAMP) ## Start the idle colour's replicas on the packaged bento, then switch traffic to them
+	python -m pipelines.team.fleet switch
+
+fleet-back: $(ENV_STAMP) ## Switch traffic back to the previous colour (still running)
+	python -m pipelines.team.fleet back
+
+fleet-status: $(ENV_STAMP) ## Show the fleet: colours, replicas, which one is live
+	python -m pipelines.team.fleet status
+
+fleet-down: $(ENV_STAMP) ## Stop HAProxy and every replica by PID
+	python -m pipelines.team.fleet down
+
 repro: run ## Same as run
 
 test: $(ENV_STAMP) ## Run the whole test suite
@@ -95,8 +122,10 @@ test-fast: $(ENV_STAMP) ## Run the unit tests only
 lab: $(ENV_STAMP) ## Open JupyterLab with the project's kernel on 127.0.0.1
 	jupyter lab --ip 127.0.0.1 --no-browser
 
-ui: $(ENV_STAMP) ## Open the MLflow UI on 127.0.0.1:5000, on the project's store
-	mlflow ui --backend-store-uri "$$(python -m pipelines tracking-uri)" --host 127.0.0.1 --port 5000 --workers 1
+ui: $(ENV_STAMP) ## Open the MLflow UI on 127.0.0.1:5000, on the project's store (with the team stack: the server's own UI)
+	uri="$$(python -m pipelines tracking-uri)"
+	case "$$uri" in http://*|https://*) echo "The tracking server is its own UI: open $$uri"; exit 0;; esac
+	mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000 --workers 1
 
 lint: $(ENV_STAMP) ## Check style with ruff
 	ruff check pipelines tests bench

@@ -126,12 +126,22 @@ def batch(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
     from pipelines.core.errors import ParamsError
 
     rejects = args.rejects or scoring.rejects_path(args.source, args.target)
+    section = params.get("batch") or {}
     chunk_rows = args.chunk_rows
     if chunk_rows is None:
-        chunk_rows = (params.get("batch") or {}).get("chunk_rows")
+        chunk_rows = section.get("chunk_rows")
         if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
             raise ParamsError("batch.chunk_rows in params.yaml must be a positive integer")
-    scored, refused = scoring.score_file(root, params, args.source, args.target, rejects, chunk_rows)
+    engine = scoring.local_engine
+    if args.engine == "dask":
+        from pipelines.batch import distributed
+
+        # batch.timeout_seconds once params.yaml has it; the module's default until then.
+        timeout = section.get("timeout_seconds", distributed.TIMEOUT_SECONDS)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            raise ParamsError("batch.timeout_seconds in params.yaml must be a positive number")
+        engine = distributed.dask_engine(args.scheduler, float(timeout))
+    scored, refused = scoring.score_file(root, params, args.source, args.target, rejects, chunk_rows, engine)
     return f"SCORED {scored} rows -> {args.target}; {refused} refused -> {rejects}"
 
 
@@ -243,6 +253,17 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     scoring.add_argument(
         "--chunk-rows", type=int, help="rows read and scored at a time (default: batch.chunk_rows)"
     )
+    scoring.add_argument(
+        "--engine",
+        choices=("local", "dask"),
+        default="local",
+        help="local: this process; dask: a Dask cluster (a LocalCluster of this machine by default)",
+    )
+    scoring.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="--engine dask: the scheduler of a running cluster (tcp://host:port)",
+    )
     add(
         feedback.__name__, feedback, "append ground-truth labels (request_id, record, label) from a table"
     ).add_argument("source", help="labels table (.csv, .tsv, .parquet; text may end .gz, .bz2, .xz)")
@@ -263,6 +284,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.command == "rollout" and not args.analyze and (args.watch or args.max_seconds or args.log_dir):
         parser.error("rollout: --watch, --max-seconds and --log-dir go with --analyze")
+    if args.command == "batch" and args.scheduler and args.engine != "dask":
+        parser.error("batch: --scheduler goes with --engine dask")
     if args.command == "rollout" and args.analyze and args.share is not None:
         parser.error("rollout: --share does not go with --analyze")
     from pipelines.core import config

@@ -8,9 +8,14 @@ is), and sends refused rows, as they were in IN, to the rejects file with the re
 
 OUT and the rejects file are written to temporary files and renamed over their names only when
 the whole run succeeded, so they always describe one run: a run that refuses nothing leaves an
-empty rejects file (its header), and a failed run leaves both names as they were.
+empty rejects file (its header), and a failed run leaves both names as they were. Any of the
+three names may be an `s3://` URL (tables.py).
 
-    python -m pipelines batch IN OUT [--rejects PATH] [--chunk-rows N]
+The chunks are scored by an engine: here, in this process (the local engine), or on a Dask
+cluster (distributed.py). Both read, judge and write through this module, chunk by chunk in
+the file's order, so their files are the same row for row.
+
+    python -m pipelines batch IN OUT [--rejects PATH] [--chunk-rows N] [--engine local|dask]
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -38,7 +43,9 @@ def rejects_path(source: str, target: str) -> str:
 
 
 def _same_file(a: str, b: str) -> bool:
-    """One file under two names: the same path after symlinks, or a hard link to it."""
+    """One file under two names: the same path after symlinks, or a hard link to it; the same URL."""
+    if tables.is_url(a) or tables.is_url(b):
+        return a.rstrip("/") == b.rstrip("/")
     if Path(a).resolve() == Path(b).resolve():
         return True
     with contextlib.suppress(OSError):
@@ -53,16 +60,15 @@ def check_paths(source: str, target: str, rejects: str, chunk_rows: int) -> tabl
     fmt = tables.table_format(source)
     tables.table_format(target)
     tables.table_format(rejects)
-    if not Path(source).is_file():
-        raise DataError(
-            f"'{source}' does not exist" if not Path(source).exists() else f"'{source}' is not a file"
-        )
-    if not os.access(source, os.R_OK):
+    kind = tables.path_kind(source)
+    if kind != "file":
+        raise DataError(f"'{source}' does not exist" if kind is None else f"'{source}' is not a file")
+    if not tables.is_url(source) and not os.access(source, os.R_OK):
         raise DataError(f"'{source}' cannot be read: permission denied")
     for name, path in (("OUT", target), ("the rejects file", rejects)):
         if _same_file(source, path):
             raise DataError(f"{name} '{path}' is the input file; write the results elsewhere")
-        if Path(path).exists() and not Path(path).is_file():
+        if tables.path_kind(path) == "folder":
             raise DataError(f"{name} '{path}' exists and is not a file")
     if _same_file(target, rejects):
         raise DataError(f"the rejects file '{rejects}' is OUT; name another with --rejects")
@@ -87,6 +93,10 @@ def check_columns(columns: list[str], fields: dict, passthrough: set[str]) -> No
             f"(expected: {', '.join(fields)}, optionally {', '.join(sorted(passthrough))})"
         )
 
+
+# The compiled graph's threads in batch scoring: 0, every core (one request is too little work to
+# share; a chunk is not). Both engines use it, since the graph's answers depend on it (distributed.py).
+COMPILED_THREADS = 0
 
 _TYPED = ("integer", "number", "boolean")
 _DTYPES = {"integer": "Int64", "number": "float64", "boolean": "boolean", "string": "str"}
@@ -115,6 +125,19 @@ def model_input(typed: pd.DataFrame, fields: dict[str, dict]) -> pd.DataFrame:
     return typed.assign(**cast)
 
 
+def typed_columns(fields: dict[str, dict]) -> dict[str, str]:
+    """The fields a CSV cell must be read as a literal for ({name: contract type})."""
+    return {name: spec["type"] for name, spec in fields.items() if spec["type"] in _TYPED}
+
+
+def score_raw(
+    loaded: bundle.LoadedModel, raw: pd.DataFrame, kind: str, typed: dict[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One chunk as read from a file of `kind` ("text" or "parquet"): every engine's one path."""
+    values = tables.text_cells(raw, typed) if kind == "text" else raw
+    return score_chunk(loaded, raw, values, loaded.meta["limits"]["max_string_length"])
+
+
 def score_chunk(
     loaded: bundle.LoadedModel, raw: pd.DataFrame, values: pd.DataFrame, max_string_length: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -136,10 +159,60 @@ def score_chunk(
 
 def output_columns(loaded: bundle.LoadedModel, columns: list[str]) -> list[str]:
     """OUT's header when no row was accepted: the input's columns and the prediction columns."""
+    return header(loaded.task, loaded.classes, columns)
+
+
+def header(task: str, classes: list[Any], columns: list[str]) -> list[str]:
     extra = ["prediction"]
-    if loaded.task == "classification":
-        extra += [f"probability_{c}" for c in loaded.classes]
+    if task == "classification":
+        extra += [f"probability_{c}" for c in classes]
     return [*columns, *extra]
+
+
+# (rows read, accepted rows with predictions, refused rows with reasons), one per chunk, in order.
+Scored = tuple[int, pd.DataFrame, pd.DataFrame]
+
+
+class Scorer(Protocol):
+    """A started engine: it scores chunks in the order given, and knows the model's outputs."""
+
+    def results(
+        self, chunks: Iterator[pd.DataFrame], kind: str, typed: dict[str, str]
+    ) -> Iterator[Scored]: ...
+
+    def output_columns(self, columns: list[str]) -> list[str]: ...
+
+
+# An engine starts from the verified model's folder and meta; leaving the context stops it.
+Engine = Callable[[Path, dict[str, Any]], contextlib.AbstractContextManager[Scorer]]
+
+
+class LocalScorer:
+    """This process scores: the model loaded once, chunks one after another."""
+
+    def __init__(self, loaded: bundle.LoadedModel) -> None:
+        self.loaded = loaded
+
+    def results(self, chunks: Iterator[pd.DataFrame], kind: str, typed: dict[str, str]) -> Iterator[Scored]:
+        from threadpoolctl import threadpool_limits
+
+        # One OpenMP thread for the scikit-learn fallback: its spin-waiting stalls a busy box.
+        with threadpool_limits(1):
+            for raw in chunks:
+                yield (len(raw), *score_raw(self.loaded, raw, kind, typed))
+
+    def output_columns(self, columns: list[str]) -> list[str]:
+        return output_columns(self.loaded, columns)
+
+
+@contextlib.contextmanager
+def local_engine(model_path: Path, meta: dict[str, Any]) -> Iterator[Scorer]:
+    """The engine of one process (`--engine local`)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # see LocalScorer
+        loaded = _trusted(bundle.load, model_path, threads=COMPILED_THREADS)
+    yield LocalScorer(loaded)
 
 
 @contextlib.contextmanager
@@ -171,19 +244,35 @@ def _open_sinks(target: str, rejects: str) -> tuple[tables.Sink, tables.Sink]:
     opened: list[tables.Sink] = []
     try:
         for path in (target, rejects):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if tables.is_url(path):
+                tables.check_bucket(path)
+            else:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
             opened.append(tables.Sink(path))
     except OSError as exc:
         for sink in opened:
             sink.discard()
         folder = Path(path).parent
         raise DataError(f"cannot write to '{folder}': {exc.strerror or type(exc).__name__}") from None
+    except DataError:
+        for sink in opened:
+            sink.discard()
+        raise
     return opened[0], opened[1]
 
 
-def run(source: str, target: str, rejects: str, chunk_rows: int, model_path: Path) -> tuple[int, int]:
-    """Score `source` with the model at `model_path`. (scored, refused) rows."""
-    from threadpoolctl import threadpool_limits
+def run(
+    source: str,
+    target: str,
+    rejects: str,
+    chunk_rows: int,
+    model_path: Path,
+    engine: Engine = local_engine,
+) -> tuple[int, int]:
+    """Score `source` with the model at `model_path` on `engine`. (scored, refused) rows.
+
+    Names, the model's meta and IN's columns are checked, and the outputs opened, before the
+    engine starts: a mistake costs no model load and no cluster."""
     from tqdm import tqdm
 
     fmt = check_paths(source, target, rejects, chunk_rows)
@@ -192,26 +281,24 @@ def run(source: str, target: str, rejects: str, chunk_rows: int, model_path: Pat
     columns = tables.columns(source, fmt)
     check_columns(columns, meta["fields"], set(fields) | {meta.get("target")})
     rows = tables.total_rows(source, fmt)
-    typed = {name: spec["type"] for name, spec in fields.items() if spec["type"] in _TYPED}
     with _terminate_as_exit():
         out, bad = _open_sinks(target, rejects)
         try:
-            with threadpool_limits(1):  # see below
-                loaded = _trusted(bundle.load, model_path, threads=0)  # the graph may use every core
-            max_length = loaded.meta["limits"]["max_string_length"]
-            # One OpenMP thread for the scikit-learn fallback: its spin-waiting stalls a busy box.
-            # The bar shows only on a terminal, so a failure is still one line on stderr.
-            with threadpool_limits(1), tqdm(total=rows, unit="rows", desc="scoring", disable=None) as bar:
-                for raw in tables.chunks(source, fmt, chunk_rows):
-                    values = tables.text_cells(raw, typed) if fmt.kind == "text" else raw
-                    good, refused = score_chunk(loaded, raw, values, max_length)
-                    if len(good):
-                        out.write(good)
-                    if len(refused):
-                        bad.write(refused)
-                    bar.update(len(raw))
-            out.commit(pd.DataFrame(columns=output_columns(loaded, columns)))
-            bad.commit(pd.DataFrame(columns=[*columns, "reason"]))
+            with engine(model_path, meta) as scorer:
+                # The bar shows only on a terminal, so a failure is still one line on stderr.
+                with tqdm(total=rows, unit="rows", desc="scoring", disable=None) as bar:
+                    chunks = tables.chunks(source, fmt, chunk_rows)
+                    for read, good, refused in scorer.results(chunks, fmt.kind, typed_columns(fields)):
+                        if len(good):
+                            out.write(good)
+                        if len(refused):
+                            bad.write(refused)
+                        bar.update(read)
+                names = scorer.output_columns(columns)
+            out.stage(pd.DataFrame(columns=names))
+            bad.stage(pd.DataFrame(columns=[*columns, "reason"]))
+            out.publish()
+            bad.publish()
         finally:
             out.discard()
             bad.discard()
@@ -230,8 +317,14 @@ def champion_path(root: Path, params: dict) -> Path:
 
 
 def score_file(
-    root: Path, params: dict, source: str, target: str, rejects: str, chunk_rows: int
+    root: Path,
+    params: dict,
+    source: str,
+    target: str,
+    rejects: str,
+    chunk_rows: int,
+    engine: Engine = local_engine,
 ) -> tuple[int, int]:
     """Check the names before importing BentoML or loading anything; then score."""
     check_paths(source, target, rejects, chunk_rows)
-    return run(source, target, rejects, chunk_rows, champion_path(root, params))
+    return run(source, target, rejects, chunk_rows, champion_path(root, params), engine)

@@ -1,5 +1,9 @@
 """The files of a batch run: formats by name, chunked reads that fail in one line, atomic writes.
 
+A name is a local path or a URL (`s3://bucket/key`, through s3fs and fsspec). S3 takes its
+credentials and endpoint from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_ENDPOINT_URL), never from project files.
+
 A CSV cell is text. It is read as the value a JSON body would carry for it, so that the service's
 record rules judge it the same way: `5` is an integer, `5.0` a float, `true` a boolean; anything
 else stays text, and only an empty cell is missing. A Parquet column keeps its own type.
@@ -8,6 +12,7 @@ else stays text, and only an empty cell is missing. A Parquet column keeps its o
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import lzma
 import os
@@ -27,6 +32,53 @@ _COMPRESSED: dict[str, Callable[..., IO[str]]] = {".gz": gzip.open, ".bz2": bz2.
 _PANDAS_COMPRESSION = {"": None, ".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
 _PARQUET = (".parquet", ".pq")
 KNOWN = ".csv, .tsv (either may end .gz, .bz2 or .xz), .parquet or .pq"
+
+
+def is_url(path: str) -> bool:
+    """`s3://…` and other fsspec URLs; anything else is a local path."""
+    return "://" in path
+
+
+def filesystem(path: str) -> Any:
+    """The fsspec file system of a URL. s3fs is given AWS_ENDPOINT_URL itself, so the endpoint
+    does not depend on the botocore version reading that variable."""
+    import fsspec
+
+    protocol = path.split("://", 1)[0]
+    options: dict[str, Any] = {}
+    if protocol in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):
+        options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    return fsspec.filesystem(protocol, **options)
+
+
+def path_kind(path: str) -> str | None:
+    """ "file", "folder" or None (absent), for a local path or a URL."""
+    if not is_url(path):
+        return "file" if Path(path).is_file() else "folder" if Path(path).exists() else None
+    fs = filesystem(path)
+    try:
+        return "file" if fs.isfile(path) else "folder" if fs.isdir(path) else None
+    except PermissionError:
+        raise DataError(f"'{path}' cannot be read: permission denied") from None
+    except Exception as exc:  # no credentials, no endpoint: botocore's many errors, one line
+        raise DataError(f"'{path}' cannot be reached ({type(exc).__name__})") from None
+
+
+def check_bucket(path: str) -> None:
+    """An S3 output's bucket exists, checked before any scoring (the key itself is written at the end)."""
+    bucket = path.split("://", 1)[1].split("/", 1)[0]
+    if path_kind(path.split("://", 1)[0] + "://" + bucket) != "folder":
+        raise DataError(f"cannot write to '{path}': bucket '{bucket}' does not exist")
+
+
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Any]:
+    """What pandas and pyarrow read: the local path itself, or an open binary file for a URL."""
+    if not is_url(path):
+        yield path
+        return
+    with filesystem(path).open(path, "rb") as handle:
+        yield handle
 
 
 @dataclass(frozen=True)
@@ -151,16 +203,17 @@ def _arrow_errors() -> tuple[type[BaseException], ...]:
 def columns(path: str, fmt: Format) -> list[str]:
     """The header (or schema) alone, so a wrong column set is refused before scoring starts."""
     try:
-        if fmt.kind == "parquet":
-            import pyarrow.parquet as pq
+        with _opened(path) as source:
+            if fmt.kind == "parquet":
+                import pyarrow.parquet as pq
 
-            return list(pq.read_schema(path).names)
-        return list(_read_csv(path, fmt, nrows=0).columns)
+                return list(pq.read_schema(source).names)
+            return list(_read_csv(source, fmt, nrows=0).columns)
     except (*_READ_ERRORS, *_arrow_errors()) as exc:
         raise _unreadable(path, fmt, exc) from None
 
 
-def _read_csv(path: str, fmt: Format, **options: Any) -> Any:
+def _read_csv(path: Any, fmt: Format, **options: Any) -> Any:
     """Every cell as text; only an empty cell is missing ("NA" or "null" is text, as in JSON)."""
     return pd.read_csv(
         path,
@@ -190,14 +243,15 @@ def _arrow_to_pandas(batch: Any) -> pd.DataFrame:
 def chunks(path: str, fmt: Format, rows: int) -> Iterator[pd.DataFrame]:
     """The file in chunks of `rows`; any read or parse error is one DataError naming the file."""
     try:
-        if fmt.kind == "parquet":
-            import pyarrow.parquet as pq
+        with _opened(path) as source:
+            if fmt.kind == "parquet":
+                import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-                yield _arrow_to_pandas(batch)
-        else:
-            with _read_csv(path, fmt, chunksize=rows) as reader:
-                yield from reader
+                for batch in pq.ParquetFile(source).iter_batches(batch_size=rows):
+                    yield _arrow_to_pandas(batch)
+            else:
+                with _read_csv(source, fmt, chunksize=rows) as reader:
+                    yield from reader
     except (*_READ_ERRORS, *_arrow_errors()) as exc:
         raise _unreadable(path, fmt, exc) from None
 
@@ -209,7 +263,8 @@ def total_rows(path: str, fmt: Format) -> int | None:
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path).metadata.num_rows
+        with _opened(path) as source:
+            return pq.ParquetFile(source).metadata.num_rows
     except (*_READ_ERRORS, *_arrow_errors()) as exc:
         raise _unreadable(path, fmt, exc) from None
 
@@ -221,18 +276,25 @@ def _umask() -> int:
 
 
 class Sink:
-    """Frames appended to a temporary file beside `path`; `commit` renames it over `path`.
+    """Frames appended to a temporary file; `commit` puts it under `path` in one step.
 
-    The temporary file exists from the start, so an unwritable folder fails before any scoring.
-    `discard` (idempotent) removes it: a failed run leaves the folder as it found it.
+    A local temporary file lies beside `path` and exists from the start, so an unwritable folder
+    fails before any scoring; it is renamed over `path`. For a URL the temporary file is local;
+    `stage` uploads it to a temporary key beside `path` and `publish` moves it there, so a run
+    with two outputs uploads both before either appears. `discard` (idempotent) removes what is
+    left: a failed run leaves the folder, or the bucket, as it found them.
     """
 
     def __init__(self, path: str) -> None:
-        self.path = Path(path)
+        self.path = path
+        self.url = is_url(path)
         self.format = table_format(path)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        name = path.rsplit("/", 1)[-1]
+        folder = None if self.url else Path(path).parent
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
         os.close(fd)
         self.tmp = Path(tmp)
+        self.staged: str | None = None  # the temporary key of a URL, once uploaded
         self.handle: IO[str] | None = None
         self.writer: Any = None
         self.rows = 0
@@ -255,13 +317,30 @@ class Sink:
         self.columns = self.columns or list(frame.columns)
         self.rows += len(frame)
 
-    def commit(self, empty: pd.DataFrame) -> None:
-        """Close and rename over `path`; with no rows written, `empty` gives the header."""
+    def stage(self, empty: pd.DataFrame) -> None:
+        """Close the file (with no rows written, `empty` gives the header); upload a URL's."""
         if self.columns is None:
             self.write(empty.head(0))
         self._close()
         os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result follows the umask
-        os.replace(self.tmp, self.path)
+        if self.url:
+            staged = f"{self.path}.{self.tmp.name.rsplit('.', 2)[-2]}.tmp"
+            self.staged = staged
+            _remote(lambda: filesystem(staged).put_file(str(self.tmp), staged), self.path)
+
+    def publish(self) -> None:
+        """The file appears under `path`: a rename, or a move of the staged key."""
+        if not self.url:
+            os.replace(self.tmp, self.path)
+            return
+        staged, self.staged = self.staged, None
+        _remote(lambda: filesystem(self.path).mv(staged, self.path), self.path)
+        self.tmp.unlink(missing_ok=True)
+
+    def commit(self, empty: pd.DataFrame) -> None:
+        """`stage` then `publish`, for a single output."""
+        self.stage(empty)
+        self.publish()
 
     def _close(self) -> None:
         handle, writer, self.handle, self.writer = self.handle, self.writer, None, None
@@ -275,3 +354,17 @@ class Sink:
             self._close()
         finally:
             self.tmp.unlink(missing_ok=True)
+            staged, self.staged = self.staged, None
+            if staged is not None:
+                with contextlib.suppress(Exception):  # best effort: the failure being reported matters more
+                    filesystem(staged).rm_file(staged)
+
+
+def _remote(action: Callable[[], Any], path: str) -> None:
+    """An S3 write as one line naming the output, never botocore's text."""
+    try:
+        action()
+    except PermissionError:
+        raise DataError(f"cannot write to '{path}': permission denied") from None
+    except Exception as exc:
+        raise DataError(f"cannot write to '{path}' ({type(exc).__name__})") from None

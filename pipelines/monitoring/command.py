@@ -20,7 +20,7 @@ from typing import Any
 
 from pipelines.core import files, nbrun
 from pipelines.core.errors import MonitorError, PipelineError
-from pipelines.monitoring import alerts, webhook
+from pipelines.monitoring import alerts, logs, webhook
 from pipelines.monitoring.monitor import REPORT_SCHEMA, log_dir, settings, summary
 
 NOTEBOOK = Path("notebooks", "monitor.ipynb")
@@ -77,7 +77,8 @@ def run(root: Path, params: dict[str, Any], folder: Path | None = None) -> str:
     """The monitor's status; raises PipelineError with one readable line when it cannot run."""
     settings(params)  # bad params fail here, before a kernel starts
     folder = folder or log_dir(root)
-    if not (folder / "predictions").is_dir():
+    # The folder's own log, or a fleet's: one sub-folder per replica (logs.log_roots).
+    if not any((found / "predictions").is_dir() for _, found in logs.log_roots(folder)):
         raise MonitorError(f"no prediction log folder at {folder / 'predictions'}")
     if importlib.util.find_spec("papermill") is None:
         raise PipelineError(

@@ -32,7 +32,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 
 from pipelines.modeling.metrics import classification_scores, regression_scores
 from pipelines.monitoring.errors import MonitorError
-from pipelines.monitoring.logs import PROBABILITIES
+from pipelines.monitoring.logs import PROBABILITIES, log_roots
 
 LABEL_FILE = re.compile(r"labels\.[A-Za-z0-9_-]{1,64}\.jsonl")
 SOURCES = ("api", "bulk")
@@ -54,9 +54,10 @@ CAVEAT = (
 def read_labels(root: str | Path) -> pd.DataFrame:
     """Every label line of every writer, validated. No feedback folder means no labels yet (an
     empty frame); a line that breaks the format raises MonitorError naming file and line."""
-    folder = Path(root) / "feedback"
     columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
-    if folder.is_dir():
+    # A fleet's replicas each keep the labels sent to them (logs.log_roots): all are read together.
+    folders = [folder / "feedback" for _, folder in log_roots(root)]
+    for folder in (f for f in folders if f.is_dir()):
         for path in sorted(folder.iterdir()):
             if LABEL_FILE.fullmatch(path.name):
                 for name, values in _label_columns(path).items():

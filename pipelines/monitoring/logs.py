@@ -81,21 +81,39 @@ LOG_FILE = re.compile(
 OUTCOME_FILE = re.compile(r"outcomes\.(?P<worker>[A-Za-z0-9_-]{1,64})\..*jsonl")
 
 
+def log_roots(root: str | Path) -> list[tuple[str, Path]]:
+    """(prefix, folder) of each service log folder under `root`: `root` itself (prefix "") when it
+    holds a log of its own, then every direct sub-folder that does, prefixed `<name>/`: a fleet's
+    replicas each write to `<root>/<replica>/` (pipelines/team/fleet.py). The prefix keeps workers of
+    different replicas apart, since each replica numbers its workers from 1."""
+    base = Path(root)
+    parts = ("predictions", "outcomes", "feedback")
+    found = [("", base)] if any((base / part).is_dir() for part in parts) else []
+    if base.is_dir():
+        for child in sorted(base.iterdir()):
+            if child.is_dir() and any((child / part).is_dir() for part in parts):
+                found.append((f"{child.name}/", child))
+    return found
+
+
 def log_files(root: str | Path) -> list[tuple[str, Path]]:
-    """(worker, path) of every prediction log file under `root`, oldest first: rotated files by
-    stamp, then the active ones. A rotation caught between its .jsonl and its .gz counts once."""
-    folder = Path(root) / "predictions"
-    if not folder.is_dir():
-        raise MonitorError(f"no prediction log folder at {folder}")
+    """(worker, path) of every prediction log file under `root` (and its replica folders, see
+    log_roots; their workers prefixed `<replica>/`), oldest first: rotated files by stamp, then the
+    active ones. A rotation caught between its .jsonl and its .gz counts once."""
+    folders = [(prefix, folder / "predictions") for prefix, folder in log_roots(root)]
+    folders = [(prefix, folder) for prefix, folder in folders if folder.is_dir()]
+    if not folders:
+        raise MonitorError(f"no prediction log folder at {Path(root) / 'predictions'}")
     found: dict[tuple[str, str], Path] = {}
-    for path in folder.iterdir():
-        match = LOG_FILE.fullmatch(path.name)
-        if not match:
-            continue
-        key = (match["stamp"] or "~active", match["worker"])  # "~" sorts after every stamp
-        # compress() writes the .gz whole (os.replace) before removing the plain file: prefer it.
-        if key not in found or match["gz"]:
-            found[key] = path
+    for prefix, folder in folders:
+        for path in folder.iterdir():
+            match = LOG_FILE.fullmatch(path.name)
+            if not match:
+                continue
+            key = (match["stamp"] or "~active", prefix + match["worker"])  # "~" sorts after every stamp
+            # compress() writes the .gz whole (os.replace) before removing the plain file: prefer it.
+            if key not in found or match["gz"]:
+                found[key] = path
     return [(worker, found[(stamp, worker)]) for stamp, worker in sorted(found)]
 
 
@@ -117,12 +135,14 @@ def iter_frames(
     read; see "The cache" above): the same frames, but a file whose types changed within it comes
     with the whole file's types in every frame."""
     files = log_files(root)
-    folder = _cache_folder(Path(root)) if cache else None
-    if folder is not None:
-        _prune_cache(folder, Path(root) / "predictions")
+    caches: dict[Path, Path | None] = {}  # each log folder's own cache (a replica's beside its log)
+    for predictions in {path.parent for _, path in files}:
+        caches[predictions] = _cache_folder(predictions.parent) if cache else None
+        if caches[predictions] is not None:
+            _prune_cache(caches[predictions], predictions)
     empty = True
     for worker, path in files:
-        for frame in _file_frames(path, block_bytes, only, folder):
+        for frame in _file_frames(path, block_bytes, only, caches[path.parent]):
             if len(frame):
                 empty = False
                 frame["worker"] = worker
@@ -474,12 +494,11 @@ def read_outcomes(root: str | Path) -> pd.DataFrame:
     `window_s` and `count`. The files are small (one line per window per worker), read whole.
     A folder without outcome files gives an empty frame: a service that answered nothing but `ok`
     before its first window closed has written none yet."""
-    folder = Path(root) / "outcomes"
     rows: list[dict] = []
-    if folder.is_dir():
+    for prefix, folder in _outcome_folders(root):
         for path in sorted(folder.iterdir()):
             if OUTCOME_FILE.fullmatch(path.name):
-                rows.extend(_outcome_rows(path))
+                rows.extend(_outcome_rows(path, prefix))
     frame = pd.DataFrame(rows, columns=["worker", "window_start", "window_s", "outcome", "count"])
     frame["window_start"] = pd.to_datetime(frame["window_start"], utc=True)
     return frame.astype({"count": "int64", "window_s": "float64"})
@@ -490,12 +509,11 @@ def read_role_outcomes(root: str | Path) -> pd.DataFrame:
     role, outcome), with `window_s` and `count`. `role` is `champion` or `challenger` for the arm
     that answered, `shadow` for the off-path scoring (not a request). Lines without `by_role`
     (before routing existed, or windows with no routed request) give no rows."""
-    folder = Path(root) / "outcomes"
     rows: list[dict] = []
-    if folder.is_dir():
+    for prefix, folder in _outcome_folders(root):
         for path in sorted(folder.iterdir()):
             if OUTCOME_FILE.fullmatch(path.name):
-                for base, _, by_role in _outcome_entries(path):
+                for base, _, by_role in _outcome_entries(path, prefix):
                     for role, counts in by_role.items():
                         rows.extend(
                             {**base, "role": role, "outcome": k, "count": n} for k, n in counts.items()
@@ -511,8 +529,16 @@ def _counts_ok(counts: object) -> bool:
     )
 
 
-def _outcome_entries(path: Path) -> Iterator[tuple[dict, dict, dict]]:
-    """(worker/window fields, counts, by_role) of each line; a line that breaks the format raises."""
+def _outcome_folders(root: str | Path) -> list[tuple[str, Path]]:
+    """(worker prefix, outcomes folder) of `root` and of each replica folder (log_roots)."""
+    return [
+        (prefix, folder / "outcomes") for prefix, folder in log_roots(root) if (folder / "outcomes").is_dir()
+    ]
+
+
+def _outcome_entries(path: Path, prefix: str = "") -> Iterator[tuple[dict, dict, dict]]:
+    """(worker/window fields, counts, by_role) of each line; a line that breaks the format raises.
+    `prefix` goes before the worker, as in log_files, so a replica's counts meet its own lines."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
@@ -521,7 +547,7 @@ def _outcome_entries(path: Path) -> Iterator[tuple[dict, dict, dict]]:
                 counts = entry["counts"]
                 by_role = entry.get("by_role") or {}
                 base = {
-                    "worker": str(entry["worker"]),
+                    "worker": prefix + str(entry["worker"]),
                     "window_start": str(entry["window_start"]),
                     "window_s": float(entry["window_s"]),
                 }
@@ -534,7 +560,7 @@ def _outcome_entries(path: Path) -> Iterator[tuple[dict, dict, dict]]:
             yield base, counts, by_role
 
 
-def _outcome_rows(path: Path) -> Iterator[dict]:
-    for base, counts, _ in _outcome_entries(path):
+def _outcome_rows(path: Path, prefix: str = "") -> Iterator[dict]:
+    for base, counts, _ in _outcome_entries(path, prefix):
         for outcome, count in counts.items():
             yield {**base, "outcome": str(outcome), "count": count}

@@ -27,6 +27,8 @@ ALLOWED = {
     "batch": {"core", "serving"},
     # monitoring reads what serving writes (the log format); serving never imports it back.
     "monitoring": {"core", "data", "modeling", "serving"},
+    # team starts and stops the team-scale processes (stack, fleet); it runs our commands as programs.
+    "team": {"core"},
 }
 
 
