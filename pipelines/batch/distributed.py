@@ -12,7 +12,7 @@ included), and the workers need nothing of the driver's filesystem:
 
 Every call to the cluster has a timeout: connecting, starting and closing a cluster, shipping
 the model, waiting for a worker, and each chunk's result. A cluster with no worker, or one that
-dies or hangs, fails the run with one line instead of hanging it (docs/team_batch.md).
+dies or hangs, fails the run with one line instead of hanging it (docs/team.md "Batch scoring on Dask").
 
 Task functions are top-level functions of this importable module: Dask hung for over ten
 minutes on a scoring function its workers could not unpickle (PITFALLS.md).

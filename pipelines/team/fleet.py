@@ -4,7 +4,7 @@ A fleet of `bentoml serve` replicas of the packaged bento behind HAProxy (Debian
 process on 127.0.0.1), in two colours. `up` starts blue and makes it live; `switch` starts the idle
 colour on the bento packaged now, waits until each replica is ready, then moves traffic to it
 through HAProxy's runtime API and keeps the old colour running, so `back` is one command.
-`down` stops HAProxy and every replica by PID. docs/team_fleet.md has the how and why.
+`down` stops HAProxy and every replica by PID. docs/team.md "Fleet" has the how and why.
 
 State lives in `.fleet/` (FLEET_DIR overrides): state.json, haproxy.cfg, the admin socket, one
 PID file and one log per process, and each replica's BentoML home (links to the packaged store,
@@ -32,7 +32,7 @@ from pipelines.core.errors import PipelineError
 from pipelines.team import haproxy, processes
 
 COLOURS = ("blue", "green")
-DEFAULT_PORT = 8080  # HAProxy's port unless FLEET_PORT says otherwise (docs/team_fleet.md)
+DEFAULT_PORT = 8080  # HAProxy's port unless FLEET_PORT says otherwise (docs/team.md "Fleet")
 DEFAULT_STATE_DIR = ".fleet"
 DEFAULT_LOG_ROOT = "monitoring"  # the service's own default PREDICTION_LOG_DIR (service.py)
 HAPROXY = "/usr/sbin/haproxy"

@@ -153,6 +153,9 @@ def train_candidate(params, hide, seed=0):
     scores = metrics.evaluate(
         model, holdout.drop(columns=["label", "id"]), holdout["label"], "classification", "yes"
     )
+    # This project's store: mlflow.set_tracking_uri (in an earlier test, in-process) leaves
+    # MLFLOW_TRACKING_URI in os.environ, which would aim this run at that test's store.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     runs.use_experiment(params["tracking"]["experiment"], Path(params["tracking"]["store"]))
     with mlflow.start_run() as run:
         mlflow.set_tags(

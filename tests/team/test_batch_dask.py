@@ -150,8 +150,8 @@ def cluster(tmp_path_factory):
 
 def with_refusals(n: int) -> pd.DataFrame:
     frame = make_frame(n, 5)
-    frame.loc[[7, 1200, 2999], "x1"] = np.nan  # not nullable in the inferred contract
-    frame.loc[[30, 2000], "color"] = "purple"  # not an allowed value
+    frame.loc[[7, (2 * n) // 5, n - 1], "x1"] = np.nan  # not nullable in the inferred contract
+    frame.loc[[30, (2 * n) // 3], "color"] = "purple"  # not an allowed value
     return frame
 
 
