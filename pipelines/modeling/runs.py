@@ -28,6 +28,7 @@ def use_experiment(name: str, store: Path) -> str:
     working directory, which a DVC experiment throws away.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(store)
     local = uri.startswith("sqlite:")  # a tracking server keeps artifacts its own way
@@ -39,7 +40,16 @@ def use_experiment(name: str, store: Path) -> str:
         experiment_id = experiment.experiment_id
     else:
         artifacts = (store / "artifacts").as_uri() if local else None
-        experiment_id = client.create_experiment(name, artifact_location=artifacts)
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=artifacts)
+        except MlflowException as exc:
+            # Two queued experiments (`dvc queue start --jobs 2`) on a fresh tracking server both
+            # find no experiment and both create it: the second one takes the first one's.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = client.get_experiment_by_name(name).experiment_id
+    # By id: set_experiment(name) loses that same race by returning without activating it, and the
+    # runs land in the Default experiment.
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
