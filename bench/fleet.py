@@ -33,31 +33,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import rollout as rollout_bench  # noqa: E402  (the path above makes `bench` importable)
 from bench.serve import free_port  # noqa: E402  (the path above makes `bench` importable as a script)
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 RESULTS = ROOT / "bench" / "results"
 KEY = "bench-fleet-key-0123456789"
-LUA = r"""
-local bodies, i = {}, 0
-local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer KEY"}
-function init(args)
-  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
-  i = math.random(#bodies)
-end
-function request()
-  i = i % #bodies + 1
-  return wrk.format("POST", "/predict", headers, bodies[i])
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,'
-    .. '"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
-""".replace("KEY", KEY)
+# bench/rollout.py's wrk script (one-record POSTs, a WRKJSON summary line), with the fleet's key.
+LUA = rollout_bench.LUA.replace(
+    '{["Content-Type"] = "application/json"}',
+    f'{{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {KEY}"}}',
+)
+assert KEY in LUA, "bench/rollout.py's wrk script changed its headers line"
 
 
 def wrk_args(url: str, script: Path, bodies: Path, seconds: int, connections: int) -> list[str]:
