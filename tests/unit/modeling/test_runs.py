@@ -169,3 +169,34 @@ def test_logged_model_takes_integer_columns_as_read_from_csv(tmp_path: Path, tra
     gap.loc[0, "tenure"] = np.nan
     with pytest.raises(tracking.exceptions.MlflowException, match="tenure"):
         loaded.predict(gap)
+
+
+def test_use_experiment_takes_the_experiment_another_process_created_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two queued experiments on a fresh server both look, find nothing, and both create: the one
+    that loses the create must run in the winner's experiment, not fail and not land in Default."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "mlruns"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    winner = mlflow.MlflowClient(uri).create_experiment("race", artifact_location=(store / "a").as_uri())
+    real = mlflow.MlflowClient.get_experiment_by_name
+    looks = []
+
+    def first_look_misses(self, name):  # the look that happened before the other process created it
+        looks.append(name)
+        return None if len(looks) == 1 else real(self, name)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", first_look_misses)
+    try:
+        assert runs.use_experiment("race", store) == winner
+        with mlflow.start_run() as run:
+            pass
+        assert run.info.experiment_id == winner
+    finally:
+        mlflow.set_tracking_uri("")
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    assert len(looks) == 2
