@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help env run repro promote package serve container batch-predict feedback monitor rollback rollout retrain stack-up stack-down stack-status fleet-up fleet-switch fleet-back fleet-status fleet-down test test-fast lab ui lint format lock clean
+.PHONY: help env spark-env run repro promote package serve container batch-predict feedback monitor rollback rollout retrain stack-up stack-down stack-status fleet-up fleet-switch fleet-back fleet-status fleet-down test test-fast lab ui lint format lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -30,6 +30,15 @@ $(ENV_STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml
 	touch $@
 
 env: $(ENV_STAMP) ## Create .venv from the committed lock (the other targets do this first)
+
+# The optional Spark engine (pyspark, ~480 MB) on top of the environment; rebuilt after it, since
+# `uv pip sync` of the main lock removes what that lock does not name.
+SPARK_STAMP := $(VENV)/.spark-installed
+$(SPARK_STAMP): $(ENV_STAMP) requirements-spark.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes --compile-bytecode -r requirements-spark.lock
+	touch $@
+
+spark-env: $(SPARK_STAMP) ## Add the optional Spark batch engine (pyspark) to .venv
 
 run: $(ENV_STAMP) ## Run the pipeline on the default data, gate and promote, package the champion
 	dvc repro
@@ -58,8 +67,8 @@ serve: $(ENV_STAMP) ## Serve the champion on 127.0.0.1:3000 (keys: API_KEY / API
 container: $(ENV_STAMP) ## Build the bento's OCI image (needs a Docker or podman engine)
 	bentoml containerize "$$(python -c 'import json; print(json.load(open("reports/bento.json"))["bento"])')"
 
-batch-predict: $(ENV_STAMP) ## Score a CSV/Parquet file (local or s3://) with the packaged champion: IN=… OUT=… [ENGINE=local|dask] [SCHEDULER=tcp://host:8786]
-	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make batch-predict IN=input.csv OUT=scored.parquet [ENGINE=local|dask] [SCHEDULER=address]" >&2; exit 2; }
+batch-predict: $(ENV_STAMP) ## Score a CSV/Parquet file (local or s3://) with the packaged champion: IN=… OUT=… [ENGINE=local|dask|spark] [SCHEDULER=tcp://host:8786]
+	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make batch-predict IN=input.csv OUT=scored.parquet [ENGINE=local|dask|spark] [SCHEDULER=address]" >&2; exit 2; }
 	python -m pipelines batch "$(IN)" "$(OUT)" --engine "$${ENGINE:-local}" $(if $(SCHEDULER),--scheduler "$(SCHEDULER)")
 
 feedback: $(ENV_STAMP) ## Append ground-truth labels (request_id, record, label) from a CSV/Parquet file: IN=…
@@ -113,7 +122,7 @@ fleet-down: $(ENV_STAMP) ## Stop HAProxy and every replica by PID
 
 repro: run ## Same as run
 
-test: $(ENV_STAMP) ## Run the whole test suite
+test: $(ENV_STAMP) $(SPARK_STAMP) ## Run the whole test suite (with the optional Spark engine)
 	pytest
 
 test-fast: $(ENV_STAMP) ## Run the unit tests only
@@ -135,9 +144,12 @@ format: $(ENV_STAMP) ## Format the code with ruff
 	ruff format pipelines tests bench
 	ruff check --fix pipelines tests bench
 
-lock: ## Re-pin requirements.lock from pyproject.toml (needs the package index)
+lock: ## Re-pin requirements.lock (and requirements-spark.lock) from pyproject.toml (needs the package index)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes \
 		--no-emit-index-url --quiet -o requirements.lock
+	# The spark extra alone, constrained by the main lock so that both install into one environment.
+	printf 'pyspark>=4.1\n' | $(BIN)/uv pip compile - -c requirements.lock --python-version 3.11 \
+		--generate-hashes --no-emit-index-url --quiet -o requirements-spark.lock
 
 clean: ## Remove the environment and caches (keeps data, models and stores)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -8,6 +8,8 @@ through `scoring.run`, the code `make batch-predict` runs, with the project's ch
                process per core) started, shipped the model, and closed inside the timing
   dask warm    --engine dask --scheduler: a LocalCluster already running, whose workers already
                loaded the model (one run before the timed one)
+  spark cold   --engine spark (when `make spark-env` installed pyspark): a local[N] session
+               started, shipped the model, and stopped inside the timing
 
 Memory: the peak resident memory of this process and its children (the cluster's workers),
 sampled every 50 ms, above what they held before the run.
@@ -18,8 +20,10 @@ Run from the project root after `make package`:  .venv/bin/python bench/batch.py
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
+import os
 import sys
 import tempfile
 import threading
@@ -144,10 +148,16 @@ def main() -> int:
         timed("warm-up", source, folder, chunk_rows, model_dir, warm)  # imports and the model, on each worker
         results.append(timed("dask warm", source, folder, chunk_rows, model_dir, warm))
     print(table(results), flush=True)
+    if importlib.util.find_spec("pyspark") is not None:
+        from pipelines.batch import spark
+
+        os.environ.setdefault("SPARK_MASTER", f"local[{workers}]")
+        results.append(timed("spark cold", source, folder, chunk_rows, model_dir, spark.spark_engine()))
+        print(table(results), flush=True)
 
     same = all(
-        pd.read_parquet(folder / f"{name}.parquet").equals(pd.read_parquet(folder / "local.parquet"))
-        for name in ("dask cold", "dask warm")
+        pd.read_parquet(folder / f"{r['engine']}.parquet").equals(pd.read_parquet(folder / "local.parquet"))
+        for r in results[1:]
     )
     print(f"outputs identical to the local engine's: {same}", flush=True)
     record = {

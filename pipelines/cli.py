@@ -141,6 +141,14 @@ def batch(root: Path, params: dict[str, Any], args: argparse.Namespace) -> str:
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise ParamsError("batch.timeout_seconds in params.yaml must be a positive number")
         engine = distributed.dask_engine(args.scheduler, float(timeout))
+    elif args.engine == "spark":
+        from pipelines.batch import distributed, spark
+
+        spark.check_local_paths(args.source, args.target, rejects)
+        timeout = section.get("timeout_seconds", distributed.TIMEOUT_SECONDS)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            raise ParamsError("batch.timeout_seconds in params.yaml must be a positive number")
+        engine = spark.spark_engine(float(timeout))
     scored, refused = scoring.score_file(root, params, args.source, args.target, rejects, chunk_rows, engine)
     return f"SCORED {scored} rows -> {args.target}; {refused} refused -> {rejects}"
 
@@ -255,9 +263,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     )
     scoring.add_argument(
         "--engine",
-        choices=("local", "dask"),
+        choices=("local", "dask", "spark"),
         default="local",
-        help="local: this process; dask: a Dask cluster (a LocalCluster of this machine by default)",
+        help="local: this process; dask: a Dask cluster (a LocalCluster of this machine by default); "
+        "spark: Spark tasks (local[2], or $SPARK_MASTER; needs `make spark-env`)",
     )
     scoring.add_argument(
         "--scheduler",

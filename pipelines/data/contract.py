@@ -17,11 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pandera.pandas as pa
-from pandera import extensions
-from pandera.errors import SchemaErrors, SchemaWarning
 
 from pipelines.core.errors import ContractViolation, DataError
+from pipelines.core.imports import hidden_modules
+
+# pandera pulls in `pyspark.pandas` and `pyspark.sql` whenever pyspark is installed (the optional
+# Spark extra), on import and again on each check registration: 0.8 s more on every command and
+# every service worker, and a pandas-3 FutureWarning on stderr that breaks the one-readable-line
+# error contract. No contract here validates a Spark frame, so pyspark stays hidden from pandera;
+# it catches the ImportError and treats pyspark as absent.
+with hidden_modules("pyspark", "pyspark.pandas", "pyspark.sql"):
+    import pandera.pandas as pa
+    from pandera import extensions
+    from pandera.errors import SchemaErrors, SchemaWarning
 
 _HEADER = """\
 # Data contract (pandera schema). Inferred from the first good snapshot, then owned by people:
@@ -30,15 +38,16 @@ _HEADER = """\
 """
 
 
-@extensions.register_check_method(statistics=["max_share"], check_type="vectorized")
-def missing_share_at_most(series: pd.Series, *, max_share: float) -> bool:
-    """The column's share of missing values stays within `max_share`."""
-    return bool(series.isna().mean() <= max_share)
+with hidden_modules("pyspark", "pyspark.pandas", "pyspark.sql"):
 
+    @extensions.register_check_method(statistics=["max_share"], check_type="vectorized")
+    def missing_share_at_most(series: pd.Series, *, max_share: float) -> bool:
+        """The column's share of missing values stays within `max_share`."""
+        return bool(series.isna().mean() <= max_share)
 
-@extensions.register_check_method(statistics=["min_rows"], check_type="vectorized")
-def rows_at_least(frame: pd.DataFrame, *, min_rows: int) -> bool:
-    return len(frame) >= min_rows
+    @extensions.register_check_method(statistics=["min_rows"], check_type="vectorized")
+    def rows_at_least(frame: pd.DataFrame, *, min_rows: int) -> bool:
+        return len(frame) >= min_rows
 
 
 @dataclass(frozen=True)
