@@ -4,8 +4,8 @@
 
 Each stage's library calls, as the notebooks make them, timed (wall and CPU of this process, all
 threads) and appended to OUT as JSON lines, so a killed run keeps the steps it finished.
-Cross-validation is left out: it is `cv_folds` fits on (folds-1)/folds of the training rows, so it
-scales as `models.fit` does. Step names are `module.function` of the package `pipelines`."""
+Cross-validation runs as the train notebook runs it: on at most `train.cv_max_rows` training rows.
+Step names are `module.function` of the package `pipelines`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import yaml
 import pipelines
 from pipelines.core import files
 from pipelines.data import contract, profiling
-from pipelines.data.splitting import features_and_target, split_frame
+from pipelines.data.splitting import features_and_target, split_frame, text_as_categories
 from pipelines.modeling import evaluation, metrics, models, plots, runs
 from pipelines.modeling.preprocessing import build_preprocessor
 
@@ -102,6 +102,8 @@ def train(step: Steps, train_rows: Any, holdout: Any, params: dict[str, Any], po
     task = d["task"]
     Xt, yt = features_and_target(train_rows, d["target"], d["ignore"])
     Xh, yh = features_and_target(holdout, d["target"], d["ignore"])
+    Xt = step("train", "splitting.text_as_categories (train)", text_as_categories, Xt)
+    Xh = step("train", "splitting.text_as_categories (holdout)", text_as_categories, Xh)
 
     def preprocess() -> None:
         build_preprocessor(Xt, params["features"]).fit_transform(Xt)
@@ -113,6 +115,19 @@ def train(step: Steps, train_rows: Any, holdout: Any, params: dict[str, Any], po
             name, spec, features=Xt, feature_params=params["features"], task=task, seed=seed
         )
         model = step(stage, "models.fit (preprocess + estimator)", models.fit, model, Xt, yt, name)
+        step(
+            stage,
+            "metrics.cross_validated_scores",
+            metrics.cross_validated_scores,
+            model,
+            Xt,
+            yt,
+            task=task,
+            positive=positive,
+            folds=params["train"]["cv_folds"],
+            seed=seed,
+            max_rows=params["train"].get("cv_max_rows"),
+        )
         scores = step(stage, "metrics.evaluate (holdout)", metrics.evaluate, model, Xh, yh, task, positive)
         frames = step(
             stage,

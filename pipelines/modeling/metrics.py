@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
-from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
+from sklearn.model_selection import KFold, StratifiedKFold, cross_validate, train_test_split
 
 from pipelines.core.errors import ParamsError
 from pipelines.data.splitting import can_stratify
@@ -80,10 +80,34 @@ def scorer(task: str, positive: Any) -> Callable[[Any, pd.DataFrame, pd.Series],
     return lambda model, X, y: evaluate(model, X, y, task, positive)
 
 
+def cv_sample(
+    X: pd.DataFrame, y: pd.Series, *, task: str, max_rows: int | None, seed: int
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The rows cross-validation runs on: all of them, or a seeded sample of `max_rows` (stratified
+    by class where every class has two rows), so that its cost stops growing with the data."""
+    if max_rows is not None and (not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 2):
+        raise ParamsError(f"train.cv_max_rows must be an integer of at least 2 or null, not {max_rows!r}")
+    if max_rows is None or len(X) <= max_rows:
+        return X, y
+    stratify = y if task == "classification" and can_stratify(y) else None
+    X, _, y, _ = train_test_split(X, y, train_size=max_rows, random_state=seed, stratify=stratify)
+    return X, y
+
+
 def cross_validated_scores(
-    model: Any, X: pd.DataFrame, y: pd.Series, *, task: str, positive: Any, folds: int, seed: int
+    model: Any,
+    X: pd.DataFrame,
+    y: pd.Series,
+    *,
+    task: str,
+    positive: Any,
+    folds: int,
+    seed: int,
+    max_rows: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Each metric's mean and standard deviation over seeded folds of the training split."""
+    """Each metric's mean and standard deviation over seeded folds of the training split, or of a
+    seeded sample of at most `max_rows` of it (`cv_sample`); the final fit uses every row."""
+    X, y = cv_sample(X, y, task=task, max_rows=max_rows, seed=seed)
     if task == "classification" and can_stratify(y, folds):
         splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     else:

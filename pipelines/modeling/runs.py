@@ -122,13 +122,16 @@ def signature_frame(frame: Any) -> Any:
     missing is float64 in the training frame, declared `double`, and takes NaN; MLflow refuses
     int64 for it (unless every value is 0 or 1), so a caller whose file holds only whole numbers
     there casts it to float. A nullable integer extension dtype (Int64) may hold NA, so it is
-    declared `double` too.
+    declared `double` too. A categorical column (the train stage's text, `text_as_categories`)
+    is declared as the text it holds.
     """
     import pandas as pd
 
     casts = {}
     for column, dtype in frame.dtypes.items():
-        if pd.api.types.is_integer_dtype(dtype):
+        if isinstance(dtype, pd.CategoricalDtype):  # text_as_categories' columns: text to callers
+            casts[column] = "str"
+        elif pd.api.types.is_integer_dtype(dtype):
             nullable = isinstance(dtype, pd.api.extensions.ExtensionDtype)
             casts[column] = "float64" if nullable else "int64"
     return frame.astype(casts)
