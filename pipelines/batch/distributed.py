@@ -41,7 +41,13 @@ TIMEOUT_SECONDS = 120.0
 # Chunks in flight per worker: one scoring, one queued behind it, so no worker waits on the driver.
 IN_FLIGHT_PER_WORKER = 2
 # The files `bundle.load` reads; the monitoring reference is not served, so it stays behind.
-SHIPPED_FILES = (bundle.MODEL_YAML, bundle.META_FILE, bundle.MODEL_FILE, bundle.COMPILED_FILE)
+SHIPPED_FILES = (
+    bundle.MODEL_YAML,
+    bundle.META_FILE,
+    bundle.MODEL_FILE,
+    bundle.COMPILED_FILE,
+    bundle.NATIVE_FILE,
+)
 
 
 @dataclass(frozen=True)

@@ -94,8 +94,9 @@ def check_columns(columns: list[str], fields: dict, passthrough: set[str]) -> No
         )
 
 
-# The compiled graph's threads in batch scoring: 0, every core (one request is too little work to
-# share; a chunk is not). Both engines use it, since the graph's answers depend on it (distributed.py).
+# The compiled graph's and the native tree library's threads in batch scoring: 0, every core (one
+# request is too little work to share; a chunk is not). Both engines use it, since the graph's
+# answers depend on it (distributed.py). The library splits rows, not trees, among its threads.
 COMPILED_THREADS = 0
 
 _TYPED = ("integer", "number", "boolean")

@@ -345,7 +345,8 @@ def compile_model(
             raise NotCompiled(
                 f"onnxruntime could not load it: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             ) from None
-        figures = parity(task, y, *scored(path, model, X, task), classes, positive, metric, bounds)
+        served, reference = scored(path, model, X, task)
+        figures = parity(task, y, reference, served, classes, positive, metric, bounds)
         record["parity"] = figures
         text = [i["name"] for i in inputs if i["type"] == "string"]
         if text:

@@ -34,7 +34,14 @@ from pipelines.release import artifacts, registry
 from pipelines.serving import bundle, registry_view
 
 # BentoML settings, packaged with the model
-SERVICE_KEYS = ("workers", "trace_requests", "access_log", "tls_ciphers", "prediction_log")
+SERVICE_KEYS = (
+    "workers",
+    "trace_requests",
+    "access_log",
+    "tls_ciphers",
+    "prediction_log",
+    "max_requests_per_connection",
+)
 PARITY_KEYS = ("min_label_agreement", "max_metric_delta", "max_relative_error")
 LIMIT_KEYS = ("max_records", "max_body_bytes", "max_string_length", "max_queue_rows", "body_timeout_seconds")
 
@@ -127,22 +134,73 @@ def compile_champion(model: Any, meta: dict[str, Any], params: dict) -> tuple[by
     )
 
 
-def record_compilation(client: Any, version: Any, record: dict, onnx_file: Path) -> None:
-    """The compile record (and the graph, if one serves) on the champion's MLflow run and
-    registry version."""
+def native_enabled(params: dict) -> bool:
+    """`serving.native` (true when absent): build a tree ensemble into a native library."""
+    value = params["serving"].get("native", True)
+    if not isinstance(value, bool):
+        raise ParamsError(f"serving.native must be true or false, not {value!r}")
+    return value
+
+
+def native_champion(model: Any, meta: dict[str, Any], params: dict) -> tuple[bytes | None, dict]:
+    """A tree-ensemble champion built into a shared library and checked on the holdout by the
+    ONNX compile's parity rule (release/native.py), or None and the reason it was not. Any
+    champion whose ColumnTransformer the numpy transform reproduces exactly gets the "numpy"
+    runtime instead when there is no library (release/native.py)."""
+    from pipelines.modeling import metrics
+    from pipelines.release import native
+
+    if not native_enabled(params):
+        return None, {"runtime": None, "reason": "serving.native is false in params.yaml"}
+    holdout_path = Path(params["paths"]["holdout"])
+    if not holdout_path.is_file():
+        return None, {
+            "runtime": None,
+            "reason": f"no holdout at {holdout_path} to verify a native library on",
+        }
+    holdout = pd.read_parquet(holdout_path)
+    task, target = meta["task"], meta["target"]
+    positive = None
+    if task == "classification" and len(getattr(model, "classes_", [])) == 2:
+        positive = metrics.positive_label(holdout[target], meta.get("positive_class"))
+    return native.compile_native(
+        model,
+        holdout,
+        target=target,
+        task=task,
+        positive=positive,
+        metric=params["promote"].get("primary_metric") or metrics.primary_metric(task),
+        bounds=params["serving"].get("parity") or {},  # checked by compile_champion, which runs first
+    )
+
+
+def record_compilation(
+    client: Any, version: Any, record: dict, onnx_file: Path, native_record: dict | None = None
+) -> None:
+    """The compile records (and the graph, if one serves) on the champion's MLflow run and
+    registry version. The native library stays out of MLflow: it is only ever built locally."""
     client.log_dict(version.run_id, record, "compiled/record.json")
     if onnx_file.is_file():
         client.log_artifact(version.run_id, str(onnx_file), "compiled")
-    client.set_model_version_tag(version.name, version.version, "serving.runtime", record["runtime"])
-    client.set_model_version_tag(
-        version.name, version.version, "serving.runtime_reason", record["reason"] or ""
-    )
+    runtime, reason = record["runtime"], record["reason"] or ""
+    if native_record is not None:
+        client.log_dict(version.run_id, native_record, "native/record.json")
+        if native_record.get("runtime") == "native" and runtime != "onnx":
+            runtime, reason = "native", ""
+    client.set_model_version_tag(version.name, version.version, "serving.runtime", runtime)
+    client.set_model_version_tag(version.name, version.version, "serving.runtime_reason", reason)
+    if native_record is not None:
+        client.set_model_version_tag(
+            version.name, version.version, "serving.native_reason", native_record.get("reason") or ""
+        )
+        batch = native_record.get("runtime") or runtime
+        client.set_model_version_tag(version.name, version.version, "serving.batch_runtime", batch)
 
 
 def serving_spec(params: dict) -> str:
     """A hash of everything packaged beside the model: a contract, limit, compile or service
     setting change repackages the same champion. So does a new `compilation.REVISION`."""
-    from pipelines.release import compilation
+    from pipelines.release import compilation, native
 
     return runs.params_hash(
         [
@@ -152,6 +210,8 @@ def serving_spec(params: dict) -> str:
             params["serving"].get("compile"),
             params["serving"].get("parity"),
             compilation.REVISION,
+            native_enabled(params),
+            native.REVISION,
             *(params["serving"].get(k) for k in SERVICE_KEYS),
             reference_settings(params),
             rollout_settings(params),
@@ -198,7 +258,13 @@ def packaged_model(version: Any, spec: str, store_name: str = bundle.MODEL_NAME)
     with bentoml.models.create(
         bundle.MODEL_NAME, labels=dict(source.info.labels), metadata=dict(source.info.metadata)
     ) as model:
-        for name in (bundle.MODEL_FILE, bundle.COMPILED_FILE, bundle.META_FILE, bundle.REFERENCE_FILE):
+        for name in (
+            bundle.MODEL_FILE,
+            bundle.COMPILED_FILE,
+            bundle.NATIVE_FILE,
+            bundle.META_FILE,
+            bundle.REFERENCE_FILE,
+        ):
             if (Path(source.path) / name).is_file():
                 shutil.copy(Path(source.path) / name, Path(model.path) / name)
     return bentoml.models.get(model.tag)
@@ -238,10 +304,24 @@ def reference_settings(params: dict) -> dict[str, Any]:
     return settings | {"schema_version": reference.SCHEMA_VERSION}
 
 
-def served_scores(model: Any, onnx: bytes | None, meta: dict[str, Any], X: pd.DataFrame) -> np.ndarray:
-    """Scores as the service computes them: the compiled graph when one serves, else scikit-learn."""
-    from pipelines.serving.runtimes import CompiledRuntime, model_outputs
+def served_scores(
+    model: Any, onnx: bytes | None, meta: dict[str, Any], X: pd.DataFrame, library: bytes | None = None
+) -> np.ndarray:
+    """Scores as the service computes them: the native library or the compiled graph when one
+    serves, else scikit-learn."""
+    from pipelines.serving.runtimes import CompiledRuntime, NativeRuntime, model_outputs
 
+    if library is not None:
+        record = meta["native"]
+        runtime = NativeRuntime(
+            library,
+            model,
+            meta["task"],
+            threads=0,
+            float32_input=record.get("input") == "float32",
+            fast=record.get("transform") == "numpy",
+        )
+        return runtime.run(runtime.matrix_of_frame(X))
     if onnx is not None:
         runtime = CompiledRuntime(onnx, meta["compiled"]["inputs"], meta["task"], threads=0)
         return runtime.run(runtime.frame_feeds(X))
@@ -249,7 +329,12 @@ def served_scores(model: Any, onnx: bytes | None, meta: dict[str, Any], X: pd.Da
 
 
 def monitoring_reference(
-    model: Any, onnx: bytes | None, meta: dict[str, Any], lineage: dict[str, str], params: dict
+    model: Any,
+    onnx: bytes | None,
+    meta: dict[str, Any],
+    lineage: dict[str, str],
+    params: dict,
+    library: bytes | None = None,
 ) -> bytes:
     """The champion's monitoring reference as JSON bytes: its training split's features (the
     contract's fields) and its predictions on them **as served**: by the runtime that serves
@@ -273,7 +358,7 @@ def monitoring_reference(
         raise PipelineError(f"the training split at {train_path} lacks columns the champion takes")
     X = train[list(getattr(model, "feature_names_in_", features))]
     settings = reference_settings(params)
-    scores = served_scores(model, onnx, meta, X)
+    scores = served_scores(model, onnx, meta, X, library)
     if meta["task"] == "classification":
         plain = [c.item() if hasattr(c, "item") else c for c in model.classes_]
         classes = [labels.class_key(c) for c in plain]
@@ -359,6 +444,7 @@ def store_model(
     labels: dict[str, str],
     reference: bytes,
     store_name: str = bundle.MODEL_NAME,
+    library: bytes | None = None,
 ) -> Any:
     """A new model in the BentoML store: the skops bytes the registry's digest verified, the
     verified graph, and meta.json with every file's digest. The labels anchor meta.json and the
@@ -370,6 +456,7 @@ def store_model(
     payload = {
         bundle.MODEL_FILE: model_bytes,
         **({bundle.COMPILED_FILE: onnx} if onnx is not None else {}),
+        **({bundle.NATIVE_FILE: library} if library is not None else {}),
         bundle.REFERENCE_FILE: reference,
     }
     meta = {**meta, "digests": {name: trust.sha256_bytes(data) for name, data in payload.items()}}
@@ -418,21 +505,26 @@ def import_version(client: Any, version: Any, params: dict, store_name: str) -> 
     loaded = artifacts.load_version(name, version, require_digest=True)
     meta = model_meta(version, run, version.tags.get("positive_class"), params)
     onnx, meta["compiled"] = compile_champion(loaded.model, meta, params)
+    # Built here from the verified skops bytes, never downloaded: a library runs code when loaded.
+    library, meta["native"] = native_champion(loaded.model, meta, params)
     labels = {
         "registered_model": name,
         "registry_version": str(version.version),
         "run_id": version.run_id,
         "serving_spec": spec,
-        "runtime": meta["compiled"]["runtime"],
+        "runtime": meta["compiled"]["runtime"] if onnx is not None or library is None else "native",
+        "batch_runtime": meta["native"].get("runtime") or meta["compiled"]["runtime"],
         **{k.removeprefix(runs.LINEAGE_PREFIX): v for k, v in meta["lineage"].items()},
     }
     reference = logged_reference(client, version)
     fresh = reference is None or not same_settings(reference, params)
     if fresh:
-        reference = monitoring_reference(loaded.model, onnx, meta, meta["lineage"], params)
-    model = store_model(meta, loaded.data, onnx, labels, reference, store_name)
+        reference = monitoring_reference(loaded.model, onnx, meta, meta["lineage"], params, library)
+    model = store_model(meta, loaded.data, onnx, labels, reference, store_name, library)
     verify_stored(model)
-    record_compilation(client, version, meta["compiled"], Path(model.path) / bundle.COMPILED_FILE)
+    record_compilation(
+        client, version, meta["compiled"], Path(model.path) / bundle.COMPILED_FILE, meta["native"]
+    )
     if fresh:
         record_reference(client, version, reference)
     return model
@@ -477,6 +569,7 @@ def package(root: Path, params: dict) -> dict[str, Any]:
         "model": str(model.tag),
         "registry_version": model.info.labels["registry_version"],
         "runtime": model.info.labels.get("runtime", "sklearn"),
+        "batch_runtime": model.info.labels.get("batch_runtime", model.info.labels.get("runtime", "sklearn")),
         "run_id": model.info.labels["run_id"],
         "bentoml_home": str(BentoMLContainer.bentoml_home.get()),
     }

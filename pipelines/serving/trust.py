@@ -14,8 +14,12 @@ This module imports nothing of ours, so the bento can carry it (tests/repo/test_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Mapping
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -62,6 +66,23 @@ def read_verified(path: str | Path, expected_sha256: str | None, what: str = "mo
     if sha256_bytes(data) != expected_sha256:
         raise Untrusted(f"{what}: {path.name} does not match its recorded SHA-256 (tampered or replaced)")
     return data
+
+
+@contextlib.contextmanager
+def private_copy(data: bytes, name: str) -> Iterator[str]:
+    """The path of a fresh copy of verified `data`, in a new folder only this user can enter
+    (0700, from mkdtemp), removed on exit. For what can only be loaded from a path (a shared
+    library runs code when loaded): nothing can swap the file between the check and the load,
+    since no other user can write there and the folder did not exist before."""
+    folder = tempfile.mkdtemp(prefix="verified-")
+    try:
+        path = os.path.join(folder, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o500)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def confined(folder: str | Path, relative: Any, what: str = "model") -> Path:

@@ -157,3 +157,22 @@ def test_load_skops_refuses_a_type_the_code_does_not_trust():
     assert skops.io.get_untrusted_types(data=data)  # skops itself calls it untrusted
     with pytest.raises(trust.Untrusted, match="outside the project's trusted list"):
         trust.load_skops(data)
+
+
+def test_private_copy_is_a_fresh_owner_only_folder_removed_after(tmp_path):
+    with trust.private_copy(b"\x7fELF library", "model.so") as path:
+        folder = os.path.dirname(path)
+        with open(path, "rb") as handle:
+            assert handle.read() == b"\x7fELF library"
+        assert os.stat(folder).st_mode & 0o777 == 0o700  # no other user can enter, let alone swap it
+        assert os.stat(path).st_mode & 0o222 == 0  # and the copy itself is not writable
+        assert os.stat(folder).st_uid == os.getuid()
+    assert not os.path.exists(folder)
+
+
+def test_private_copy_gives_a_new_folder_each_time():
+    with trust.private_copy(b"a", "model.so") as first, trust.private_copy(b"b", "model.so") as second:
+        assert os.path.dirname(first) != os.path.dirname(second)
+        for path, data in ((first, b"a"), (second, b"b")):
+            with open(path, "rb") as handle:
+                assert handle.read() == data
