@@ -21,6 +21,21 @@ CHAMPION = bentoml.models.BentoModel(f"{bundle.MODEL_NAME}:latest")
 _worker: list[worker.Worker] = []  # set once per worker process, when the model is loaded
 _keys: list[auth.ApiKeys] = []  # set once per worker process, when its ASGI app is built
 META = bundle.read_meta(CHAMPION.resolve().path)
+# Used while a packaged model carries no `serving.max_requests_per_connection` (params.yaml).
+MAX_REQUESTS_PER_CONNECTION = 100
+
+
+def max_requests_per_connection() -> int:
+    """Requests after which a keep-alive connection is closed (middleware.Recycler; 0: never):
+    $MAX_REQUESTS_PER_CONNECTION if set (bench/serve.py --compare), else the packaged setting."""
+    value = os.environ.get("MAX_REQUESTS_PER_CONNECTION") or (META.get("service") or {}).get(
+        "max_requests_per_connection", MAX_REQUESTS_PER_CONNECTION
+    )
+    if not str(value).isdigit():
+        raise ValueError(f"max_requests_per_connection must be a whole number >= 0, not {value!r}")
+    return int(value)
+
+
 asgi = app.create_app(META, lambda: _worker[0])
 
 
@@ -37,7 +52,10 @@ class FrontedService(bentoml.Service):
     def to_asgi(self, is_main: bool = True) -> Any:
         inner = super().to_asgi(is_main)
         _keys.append(auth.ApiKeys.from_env())
-        return middleware.Front(inner, _keys[0], middleware.known_routes(inner), count)
+        # Keep-alive connections recycled after about this many requests, so that they spread
+        # over the workers that share the listening socket (middleware.Recycler).
+        recycler = middleware.Recycler(max_requests_per_connection())
+        return middleware.Front(inner, _keys[0], middleware.known_routes(inner), count, recycler)
 
 
 @bentoml.service(
@@ -55,10 +73,12 @@ class Predictor:
     @bentoml.on_deployment
     def check_keys() -> None:
         """Once, in `bentoml serve`'s own process before any worker starts: key settings that
-        give no usable key refuse to start, with one line (a worker would only be respawned)."""
+        give no usable key, or a bad MAX_REQUESTS_PER_CONNECTION, refuse to start, with one line
+        (a worker would only be respawned)."""
         try:
             auth.ApiKeys.from_env()
-        except auth.KeyConfigError as exc:
+            max_requests_per_connection()
+        except (auth.KeyConfigError, ValueError) as exc:
             raise SystemExit(f"ERROR serve: {exc}") from None
 
     def __init__(self) -> None:

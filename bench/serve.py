@@ -1,23 +1,38 @@
 """Serving speed, side by side in one run on one machine and one champion.
 
-What it serves, each measured with the same load (single-record requests from the holdout, at
-1, 8 and 32 concurrent clients; then 1,000 records per request):
+What it serves, each measured with the same load (single-record requests from the holdout; then
+1,000 records per request):
 
   in-process      the packaged champion called in this process, one row at a time  (the limit)
   mlflow          `mlflow models serve` of the registry's champion                  (the peer)
   fastapi         bench/naive_fastapi.py: one DataFrame per request                  (the naive baseline)
   service         `bentoml serve service:Predictor`                                  (what we ship)
 
-The load goes to 127.0.0.1 only; each level is bounded by a request count and a time limit.
-Run from the project root after `make run`:  .venv/bin/python bench/serve.py [--requests 2000]
+The load of record is `wrk` (Debian; closed loop, keep-alive): 2 threads at 1, 8 and 32
+connections, `--wrk-seconds` each, percentiles from its HDR histogram; errors are non-2xx answers
+plus socket errors. wrk waits for each answer before it sends the next on a connection, so it
+shows the tail at saturation but hides a stall behind the requests it did not send. The second
+figure is therefore open loop (`paced`, this file): requests due at a fixed rate, half the highest
+saturated throughput, each sent when due whatever the others do, its latency counted from when it
+was due; the client reports its own send lag and CPU, to show that it is not the bottleneck. For
+the service, each worker's share of the answers (its prediction log's lines) is shown too. The
+old Python aiohttp client is kept for the service as a comparison row only.
+
+The load goes to 127.0.0.1 only.
+Run from the project root after `make run`:  .venv/bin/python bench/serve.py
+The serving tail alone (a minute):             .venv/bin/python bench/serve.py --tail
+Two settings side by side, alternating:        .venv/bin/python bench/serve.py --tail \
+                                                   --compare MAX_REQUESTS_PER_CONNECTION=0,100 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -106,6 +121,286 @@ async def load(url: str, bodies: list[bytes], concurrency: int, total: int, max_
         "errors": errors,
         "statuses": statuses,
     }
+
+
+# --- the load generator of record: wrk (closed loop, saturating) and an open-loop paced client ---
+
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+# One-record POSTs cycling through the bodies file (one JSON body a line), to the path and with
+# the key given as script arguments; the summary comes back as one WRKJSON line.
+WRK_LUA = r"""
+local bodies, i, path = {}, 0, "/"
+local headers = {["Content-Type"] = "application/json"}
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+  path = args[2]
+  headers["Authorization"] = "Bearer " .. args[3]
+  i = math.random(#bodies)
+end
+function request()
+  i = i % #bodies + 1
+  return wrk.format("POST", path, headers, bodies[i])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,'
+    .. '"timeout":%d,"p50_us":%d,"p90_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(95),
+    latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk(url: str, bodies_file: Path, connections: int, seconds: int, workdir: Path) -> dict:
+    """wrk at `connections` keep-alive connections (2 threads, 1 for 1 connection) for `seconds`."""
+    from urllib.parse import urlsplit
+
+    script = workdir / "post.lua"
+    if not script.exists():
+        script.write_text(WRK_LUA)
+    parts = urlsplit(url)
+    cmd = [
+        WRK, f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+        "--latency", "-s", str(script), f"{parts.scheme}://{parts.netloc}", "--",
+        str(bodies_file), parts.path, BENCH_KEY,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stderr[-1000:]}")
+    line = next(x for x in done.stdout.splitlines() if x.startswith("WRKJSON "))
+    raw = json.loads(line.removeprefix("WRKJSON "))
+    elapsed = raw["duration_us"] / 1e6
+    socket_errors = sum(raw[k] for k in ("connect", "read", "write", "timeout"))
+    return {
+        "concurrency": connections,
+        "requests": raw["requests"],
+        "seconds": round(elapsed, 2),
+        "rps": round(raw["requests"] / elapsed, 1),
+        **{f"p{q}_ms": round(raw[f"p{q}_us"] / 1000, 2) for q in (50, 90, 95, 99)},
+        "max_ms": round(raw["max_us"] / 1000, 2),
+        "errors": raw["status"] + socket_errors,
+        "non_2xx": raw["status"],
+        "socket_errors": socket_errors,
+        "load": round(os.getloadavg()[0], 2),
+    }
+
+
+CLIENT_LAG_LIMIT_MS = 2.0  # p99 send lag past which the open-loop figures are void (its timers tick in 1 ms)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of the paced client: one request in flight at a time."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.due = 0.0  # the scheduled send time of the request in flight (0: none)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.pool.ready(self)
+
+    def send(self, due: float, request: bytes) -> None:
+        self.due = due
+        self.transport.write(request)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = self.buffer[:head_end].decode("latin-1").lower()
+        length = next(
+            (int(x.split(":", 1)[1]) for x in head.split("\r\n") if x.startswith("content-length:")), None
+        )
+        if length is None or len(self.buffer) < head_end + 4 + length:
+            return
+        status = int(head.split(" ", 2)[1])
+        self.buffer = self.buffer[head_end + 4 + length :]
+        due, self.due = self.due, 0.0
+        self.pool.answered(due, status)
+        if "\r\nconnection: close" in head:
+            self.transport.close()  # type: ignore[union-attr]  # connection_lost replaces it
+        else:
+            self.pool.ready(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.due:
+            self.pool.answered(self.due, 0)
+        self.pool.lost(self)
+
+
+class _Pool:
+    """Keep-alive connections; a request goes out on an idle one, else on a new one (up to
+    `max_connections`), else waits; its latency runs from its scheduled time either way."""
+
+    def __init__(self, host: str, port: int, requests: list[bytes], max_connections: int) -> None:
+        self.host, self.port, self.requests = host, port, requests
+        self.max_connections = max_connections
+        self.idle: list[_Connection] = []
+        self.waiting: collections.deque[float] = collections.deque()
+        self.open = 0  # connecting or connected
+        self.opened = 0
+        self.sent = 0
+        self.latencies: list[float] = []
+        self.statuses: collections.Counter[int] = collections.Counter()
+
+    def connect(self) -> None:
+        self.open += 1
+        self.opened += 1
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.create_connection(lambda: _Connection(self), self.host, self.port))
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task) -> None:
+        if task.exception() is not None:
+            self.open -= 1
+            if self.waiting:
+                self.answered(self.waiting.popleft(), 0)
+
+    def fire(self, due: float) -> None:
+        if self.idle:
+            self._send(self.idle.pop(), due)
+            return
+        self.waiting.append(due)
+        if self.open < self.max_connections:
+            self.connect()
+
+    def _send(self, conn: _Connection, due: float) -> None:
+        conn.send(due, self.requests[self.sent % len(self.requests)])
+        self.sent += 1
+
+    def ready(self, conn: _Connection) -> None:
+        if self.waiting:
+            self._send(conn, self.waiting.popleft())
+        else:
+            self.idle.append(conn)
+
+    def answered(self, due: float, status: int) -> None:
+        self.latencies.append(time.perf_counter() - due)
+        self.statuses[status] += 1
+
+    def lost(self, conn: _Connection) -> None:
+        self.open -= 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+        if self.waiting and self.open < self.max_connections:
+            self.connect()
+
+
+async def _paced(url: str, bodies: list[bytes], rate: float, seconds: float, max_connections: int) -> dict:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    requests = [
+        (
+            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {BENCH_KEY}\r\nContent-Length: {len(b)}\r\n\r\n"
+        ).encode()
+        + b
+        for b in bodies
+    ]
+    pool = _Pool(host, port, requests, max_connections)
+    for _ in range(min(8, max_connections)):
+        pool.connect()
+    await asyncio.sleep(0.5)
+    total = int(rate * seconds)
+    lags = []
+    cpu = time.process_time()
+    start = time.perf_counter() + 0.05
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lags.append(time.perf_counter() - due)
+        pool.fire(due)
+    end = time.perf_counter() + 15
+    while len(pool.latencies) < total and time.perf_counter() < end:
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    cpu_share = (time.process_time() - cpu) / elapsed
+    ms = np.array(pool.latencies) * 1000
+    lag_ms = np.array(lags) * 1000
+    missing = total - len(ms)
+    errors = sum(n for s, n in pool.statuses.items() if not 200 <= s < 300) + missing
+    return {
+        "rate": round(rate, 1),
+        "requests": total,
+        "answered": len(ms),
+        **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 90, 99)},
+        "max_ms": round(float(ms.max()), 2),
+        "errors": errors,
+        "connections_opened": pool.opened,
+        "client_send_lag_p99_ms": round(float(np.percentile(lag_ms, 99)), 2),
+        "client_send_lag_max_ms": round(float(lag_ms.max()), 2),
+        "client_cpu_share": round(cpu_share, 3),
+        # A client that sent late (it did not get the CPU) measured itself: the figure is void.
+        "client_bound": bool(np.percentile(lag_ms, 99) > CLIENT_LAG_LIMIT_MS),
+        "load": round(os.getloadavg()[0], 2),
+    }
+
+
+def paced(url: str, bodies: list[bytes], rate: float, seconds: float, max_connections: int = 256) -> dict:
+    """Open loop at `rate` requests/s for `seconds`: request i is due at start + i / rate and is sent
+    then whatever the earlier ones are doing (on an idle keep-alive connection, else a new one);
+    its latency runs from that due time, so a stall of the server (or of this client: see
+    `client_send_lag_*`, and `client_cpu_share` of one core) is counted, not hidden."""
+    try:
+        import uvloop
+
+        return uvloop.run(_paced(url, bodies, rate, seconds, max_connections))
+    except ImportError:
+        return asyncio.run(_paced(url, bodies, rate, seconds, max_connections))
+
+
+def worker_counts(log_dir: Path) -> dict[str, int]:
+    """Requests answered so far by each worker: the lines of its prediction log (one per record)."""
+    files = sorted((log_dir / "predictions").glob("predictions.*.jsonl"))
+    return {f.name.split(".")[1]: sum(1 for _ in f.open("rb")) for f in files}
+
+
+def tail(
+    url: str, bodies: list[bytes], workdir: Path, log_dir: Path | None, args: argparse.Namespace
+) -> dict:
+    """wrk at each level (with each worker's share of the answers, when the log is known), then
+    the open-loop client at half the highest saturated throughput."""
+    bodies_file = workdir / f"bodies-{abs(hash(bodies[0]))}.jsonl"
+    bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
+    wrk(url, bodies_file, 8, 3, workdir)  # warm-up
+    levels = []
+    for connections in LEVELS:
+        before = worker_counts(log_dir) if log_dir else {}
+        row = wrk(url, bodies_file, connections, args.wrk_seconds, workdir)
+        if log_dir:
+            after = worker_counts(log_dir)
+            row["per_worker"] = {w: n - before.get(w, 0) for w, n in after.items()}
+        levels.append(row)
+    rate = max(r["rps"] for r in levels) / 2
+    return {"levels": levels, "open_loop": paced(url, bodies, rate, args.open_seconds)}
+
+
+def tail_table(results: dict[str, dict]) -> str:
+    lines = [
+        f"{'served by':<34} {'load':>5} {'conns':>5} {'req/s':>8} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7} {'errors':>6}  per worker"
+    ]
+    for name, run in results.items():
+        for r in run["levels"]:
+            share = " / ".join(str(n) for n in r.get("per_worker", {}).values())
+            lines.append(
+                f"{name:<34} {r['load']:>5} {r['concurrency']:>5} {r['rps']:>8} {r['p50_ms']:>6} {r['p90_ms']:>6} {r['p99_ms']:>6} {r['max_ms']:>7} {r['errors']:>6}  {share}"
+            )
+        o = run["open_loop"]
+        lines.append(
+            f"{name + ' open loop':<34} {o['load']:>5} {'-':>5} {o['rate']:>8} {o['p50_ms']:>6} {o['p90_ms']:>6} {o['p99_ms']:>6} {o['max_ms']:>7} {o['errors']:>6}"
+            f"  client lag p99 {o['client_send_lag_p99_ms']} ms, cpu {o['client_cpu_share']:.0%} of a core, {o['connections_opened']} conns"
+            + ("  VOID: the client was late" if o["client_bound"] else "")
+        )
+    return "\n".join(lines)
 
 
 def latency_figures(latencies: list[float], concurrency: int = 1) -> dict:
@@ -391,6 +686,7 @@ def servers(model_dir: Path, params: dict, workdir: Path) -> dict[str, dict]:
             "ready": f"http://127.0.0.1:{ports['service']}/readyz",
             "url": f"http://127.0.0.1:{ports['service']}/predict",
             "wrap": lambda recs: {"records": recs},
+            "log_dir": workdir / "predlog",
         },
     }
 
@@ -421,10 +717,15 @@ TARGETS = [
     ("batch_scoring_compiled_vs_sklearn_same_chunks", ">=", 2, 5),
     ("batch_predict_vs_in_process_predict", ">=", 0.8, 4),
     ("batch_1000_per_request_service_vs_in_process_predict", None, None, 4),
+    # issue 14: under wrk (the load generator of record), and open loop at half the saturated rate
+    ("service_p99_ms_at_8", "<=", 10, 14),
+    ("service_errors_up_to_32", "<=", 0, 14),
+    ("service_open_loop_p99_ms_at_half", "<=", 5, 14),
+    ("service_open_loop_errors", "<=", 0, 14),
 ]
 
 
-def ratios(results: dict, batch_rows: dict, scoring: dict) -> dict[str, float]:
+def ratios(results: dict, batch_rows: dict, scoring: dict, tails: dict) -> dict[str, float]:
     service, mlflow = results["service"], results.get("mlflow")
     sklearn_row = results["in-process sklearn"][0]
     return {
@@ -447,7 +748,56 @@ def ratios(results: dict, batch_rows: dict, scoring: dict) -> dict[str, float]:
         "batch_1000_per_request_service_vs_in_process_predict": round(
             batch_rows.get("service", 0) / batch_rows["in-process sklearn predict"], 2
         ),
+        "service_open_loop_p99_ms_at_half": tails["service"]["open_loop"]["p99_ms"],
+        "service_open_loop_errors": tails["service"]["open_loop"]["errors"],
     }
+
+
+def tail_only(args: argparse.Namespace) -> int:
+    """The service alone under wrk and the open-loop client; with --compare, once per value of an
+    environment variable, alternating, each start with its own prediction log."""
+    from pipelines.batch.scoring import champion_path
+    from pipelines.core import config
+    from pipelines.serving import bundle
+
+    params = config.load_params(ROOT / "params.yaml")
+    model_dir = champion_path(ROOT, params)
+    features = bundle.load(model_dir).features
+    holdout = pd.read_parquet(ROOT / params["paths"]["holdout"])
+    bodies = [
+        json.dumps({"records": [r]}).encode() for r in json.loads(holdout[features].to_json(orient="records"))
+    ]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-serve-tail-"))
+    var, values = (
+        (args.compare.split("=", 1)[0], args.compare.split("=", 1)[1].split(","))
+        if args.compare
+        else (None, [None])
+    )
+    print(
+        f"the service under wrk ({LEVELS} connections, {args.wrk_seconds} s each) and open loop; logs in {workdir}",
+        flush=True,
+    )
+    tails: dict[str, dict] = {}
+    for round_ in range(args.rounds if var else 1):
+        for value in values:
+            label = f"service {var}={value}" if var else "service"
+            label += f" #{round_ + 1}" if var and args.rounds > 1 else ""
+            run_dir = workdir / label.replace(" ", "_").replace("#", "")
+            run_dir.mkdir()
+            spec = servers(model_dir, params, run_dir)["service"]
+            env = {**spec["env"], **({var: value} if var else {})}
+            proc = start(spec["cmd"], env, spec["ready"], run_dir / "service.log")
+            try:
+                tails[label] = tail(spec["url"], bodies, run_dir, spec["log_dir"], args)
+            finally:
+                stop(proc)
+            print(tail_table({label: tails[label]}), flush=True)
+    print("\n" + tail_table(tails))
+    out = ROOT / "bench" / "results" / f"serve-tail-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"compare": args.compare, "tail": tails}, indent=2))
+    print(f"\nwritten: {out}")
+    return 0
 
 
 def main() -> int:
@@ -457,8 +807,21 @@ def main() -> int:
     parser.add_argument("--only", default="mlflow,fastapi,service")
     parser.add_argument("--batch-rows", type=int, default=200_000, help="rows of the batch-scoring file")
     parser.add_argument("--chunk-rows", type=int, default=50_000)
+    parser.add_argument("--wrk-seconds", type=int, default=8, help="each wrk level")
+    parser.add_argument("--open-seconds", type=float, default=10, help="the open-loop run")
+    parser.add_argument(
+        "--tail", action="store_true", help="only the service under wrk and the open-loop client"
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="VAR=A,B",
+        help="with --tail: the service once per value of environment variable VAR, side by side",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="with --compare: rounds of A, B, ...")
     args = parser.parse_args()
     only = args.only.split(",")
+    if args.tail:
+        return tail_only(args)
 
     from threadpoolctl import threadpool_limits
 
@@ -496,20 +859,27 @@ def main() -> int:
         times.append(time.perf_counter() - start_time)
     batch_rows = {"in-process sklearn predict": round(len(batch) / statistics.median(times), 1)}
 
+    tails: dict[str, dict] = {}
+    (workdir / "empty-bodies.jsonl").write_text("{}\n")
     for name, spec in servers(model_dir, params, workdir).items():
         if name not in only:
             continue
         proc = start(spec["cmd"], spec["env"], spec["ready"], workdir / f"{name}.log")
         try:
             bodies = [json.dumps(spec["wrap"]([r])).encode() for r in records]
-            asyncio.run(load(spec["url"], bodies[:50], 4, 200, 10))  # warm-up
-            results[name] = [
-                asyncio.run(load(spec["url"], bodies, c, args.requests, args.seconds)) for c in LEVELS
-            ]
-            if name == "service":  # the HTTP floor: an endpoint that does nothing, same server
+            # wrk is the load of record (closed loop, saturating); then the open-loop client.
+            tails[name] = tail(spec["url"], bodies, workdir, spec.get("log_dir"), args)
+            results[name] = tails[name]["levels"]
+            if name == "service":
+                # The HTTP floor: an endpoint that does nothing, same server.
                 empty = spec["url"].replace("/predict", "/empty")
                 results["service /empty"] = [
-                    asyncio.run(load(empty, bodies, c, args.requests, args.seconds)) for c in LEVELS
+                    wrk(empty, workdir / "empty-bodies.jsonl", c, args.wrk_seconds, workdir) for c in LEVELS
+                ]
+                # For comparison only: the Python client this bench used before wrk, which
+                # cannot load the service hard enough to show its tail.
+                results["service (aiohttp client)"] = [
+                    asyncio.run(load(spec["url"], bodies, c, args.requests, args.seconds)) for c in LEVELS
                 ]
             big = [json.dumps(spec["wrap"](batch)).encode()]
             run = asyncio.run(load(spec["url"], big, 1, 20, args.seconds))
@@ -519,6 +889,7 @@ def main() -> int:
         print(table({k: v for k, v in results.items() if k.startswith(name)}), flush=True)
 
     print("\n" + table(results))
+    print("\n" + tail_table(tails))
     print("\n1,000 records per request, rows/s:", batch_rows)
     print("batch scoring, rows/s:", json.dumps(scoring, indent=1))
     for name, value in scoring.items():
@@ -543,9 +914,10 @@ def main() -> int:
         "batch_rows_per_s": batch_rows,
         "batch_scoring": scoring,
         "breakdown_us": steps,
+        "tail": tails,
     }
     if "service" in results:
-        figures = ratios(results, batch_rows, scoring)
+        figures = ratios(results, batch_rows, scoring, tails)
         print(f"\n{'figure':<55} {'value':>8}  target  issue  verdict")
         for key, op, goal, issue in TARGETS:
             value = figures[key]

@@ -15,11 +15,20 @@ them (service.py installs it through `bentoml.service(service_class=...)`), so t
 
 The hot path pays one dict lookup, one key comparison and one wrapped `send` that looks at the
 status of the answer's first message.
+
+It also recycles keep-alive connections (`Recycler`): the workers share one listening socket, and
+a worker woken by a burst of connections accepts all that are waiting, so a client that opens its
+pool at once (wrk, any pooled client) can land every connection on one worker while the other
+idles. A connection is answered `Connection: close` after about `max_requests` requests; the
+client reconnects, and the new connection goes to whichever worker accepts first, usually the
+idler one, so connections drift toward an even spread at the cost of one reconnect per
+~`max_requests` requests.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -74,6 +83,47 @@ def is_project_error(body: bytes) -> bool:
     return isinstance(parsed, dict) and isinstance(parsed.get("error"), str) and "message" in parsed
 
 
+class Recycler:
+    """Counts requests per connection (by client address and port) and says when to close one.
+
+    Each connection gets a budget drawn between half and 1.5 times `max_requests`, so that a pool
+    opened at once is not closed at once. 0 turns recycling off."""
+
+    def __init__(self, max_requests: int, seed: int | None = None, max_tracked: int = 10_000) -> None:
+        self.max_requests = max_requests
+        self.max_tracked = max_tracked
+        self._left: dict[Any, int] = {}
+        self._random = random.Random(seed)
+
+    def closes(self, client: Any) -> bool:
+        """Whether the answer to this request should close its connection."""
+        if self.max_requests <= 0 or client is None:
+            return False
+        left = self._left.get(client)
+        if left is None:
+            if len(self._left) >= self.max_tracked:  # connections that closed on their own: forget them
+                self._left.clear()
+            half = max(self.max_requests // 2, 1)
+            left = self._random.randint(half, self.max_requests + half)
+        if left <= 1:
+            self._left.pop(client, None)
+            return True
+        self._left[client] = left - 1
+        return False
+
+
+def closing_send(send: Callable) -> Callable:
+    """`send`, with `Connection: close` added to the answer's headers."""
+
+    async def closing(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing
+
+
 class Front:
     """ASGI middleware around the whole service: auth first, known routes only, one error shape."""
 
@@ -83,11 +133,13 @@ class Front:
         keys: ApiKeys,
         routes: Mapping[str, frozenset[str]],
         count: Callable[[str], None],
+        recycler: Recycler | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
         self.routes = routes
         self.count = count
+        self.recycler = recycler or Recycler(0)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -112,6 +164,8 @@ class Front:
                 "this endpoint does not take that method",
                 Allow=", ".join(sorted(allowed)),
             )
+        if self.recycler.closes(scope.get("client")):
+            send = closing_send(send)
         return await self.app(scope, receive, self.shaped_send(send))
 
     async def refuse(self, send: Callable, status: int, kind: str, message: str, **headers: str) -> None:

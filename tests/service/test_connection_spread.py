@@ -1,0 +1,120 @@
+"""Keep-alive connections spread over both workers of a real `bentoml serve` (issue 14).
+
+The workers share one listening socket, and a worker woken by a burst of connections accepts all
+that wait, so a pool opened at once can land on one worker. The service closes each connection
+after about `max_requests_per_connection` requests; the client reconnects and the connections
+spread out. Which worker answered is read from the prediction log (one file per worker).
+"""
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers.champion import new_project, package_project, serve, server_env, stop, train_candidate
+from helpers.support import PROJECT as REPO
+
+from pipelines.release import promotion
+
+pytestmark = pytest.mark.integration
+
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+CONNECTIONS = 8
+PER_CONNECTION = 120
+RECYCLE = 10
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spread")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    params = new_project(root)
+    train_candidate(params, hide=[])
+    assert promotion.run_promotion(root, params)["promoted"]
+    record = package_project(root, params, REPO)
+    holdout = pd.read_parquet(params["paths"]["holdout"])
+    records = json.loads(holdout.drop(columns=["label"]).head(40).to_json(orient="records"))
+    log_dir = tmp_path_factory.mktemp("predlog")
+    port = free_port()
+    env = server_env(record, log_dir, MAX_REQUESTS_PER_CONNECTION=str(RECYCLE))
+    cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)]
+    proc = serve(cmd, root, env, port)
+    yield {"port": port, "records": records, "log_dir": log_dir, "root": root, "record": record}
+    stop(proc)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answered_per_worker(log_dir: Path) -> dict[str, int]:
+    return {
+        f.name: sum(1 for _ in f.open("rb")) for f in (log_dir / "predictions").glob("predictions.*.jsonl")
+    }
+
+
+def test_a_pool_opened_at_once_spreads_over_both_workers_without_errors(server):
+    port, records, log_dir = server["port"], server["records"], server["log_dir"]
+    bodies = [json.dumps({"records": [r]}).encode() for r in records]
+    statuses: list[int] = []
+    closes: list[int] = []
+    connects: list[int] = []
+    start = threading.Barrier(CONNECTIONS)
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.connect()  # the whole pool at once: the burst that lands on one worker
+        connects.append(1)
+        start.wait()
+        for i in range(PER_CONNECTION):
+            if conn.sock is None:  # closed by the server's `Connection: close`: reconnect
+                conn.connect()
+                connects.append(1)
+            conn.request(
+                "POST", "/predict", bodies[(k + i) % len(bodies)], {"Content-Type": "application/json"}
+            )
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+            if response.getheader("connection", "").lower() == "close":
+                closes.append(1)
+                conn.close()
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    total = CONNECTIONS * PER_CONNECTION
+    assert statuses.count(200) == total  # every request answered, none refused
+    # Each connection lives RECYCLE/2 .. 1.5*RECYCLE requests: at least this many closes.
+    assert total // (RECYCLE + RECYCLE // 2) <= len(closes) <= total // (RECYCLE // 2)
+    # A closed connection is opened again for the next request (not after its last one).
+    assert len(closes) <= len(connects) <= CONNECTIONS + len(closes)
+    per_worker = answered_per_worker(log_dir)
+    assert sum(per_worker.values()) == total
+    assert len(per_worker) == 2, per_worker  # both workers answered
+    assert min(per_worker.values()) >= 0.2 * total, per_worker
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
+def test_a_bad_recycling_setting_refuses_to_start_with_one_line(server, tmp_path, value):
+    env = server_env(server["record"], tmp_path / "log", MAX_REQUESTS_PER_CONNECTION=value)
+    cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(free_port())]
+    done = subprocess.run(cmd, cwd=server["root"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("ERROR serve: ") and "max_requests_per_connection" in lines[-1], done.stderr[
+        -2000:
+    ]
+    assert "Traceback" not in done.stderr
