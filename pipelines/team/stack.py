@@ -418,7 +418,12 @@ def configure_dvc(root: Path, s3_port: int, creds: Credentials) -> bool:
             env={**os.environ, "DVC_NO_ANALYTICS": "1"},
         )
         if result.returncode != 0:
-            raise PipelineError(f"`dvc remote modify --local {DVC_REMOTE} {option}` failed")
+            # dvc's own message is not echoed: it may carry the value, a secret here.
+            locked = "lock" in result.stderr.lower()
+            why = (
+                ": the repository is locked by another DVC process (a running experiment?)" if locked else ""
+            )
+            raise PipelineError(f"`dvc remote modify --local {DVC_REMOTE} {option}` failed{why}")
     return True
 
 
@@ -450,14 +455,18 @@ def up(root: Path, environ: Mapping[str, str], say: Callable[[str], None]) -> di
     timings: dict[str, float] = {}
     try:
         _start_parts(root, state, record, creds, down_parts, started, timings, say)
+        (state / "state.json").write_text(json.dumps(record, indent=1))
+        _write_private(
+            state / "env", env_file_text(record["mlflow"]["port"], record["seaweed"]["port"], creds)
+        )
+        # Inside the try: a DVC that refuses (its repository locked by a running experiment) must
+        # not leave the servers just started running with nothing to say so.
+        if configure_dvc(root, record["seaweed"]["port"], creds):
+            say(f"dvc: remote '{DVC_REMOTE}' endpoint and keys written to .dvc/config.local")
     except BaseException:
         for part in reversed(started):
             _stop(part, state, record)
         raise
-    (state / "state.json").write_text(json.dumps(record, indent=1))
-    _write_private(state / "env", env_file_text(record["mlflow"]["port"], record["seaweed"]["port"], creds))
-    if configure_dvc(root, record["seaweed"]["port"], creds):
-        say(f"dvc: remote '{DVC_REMOTE}' endpoint and keys written to .dvc/config.local")
     (state / "timings.json").write_text(json.dumps(timings, indent=1))
     for part in PARTS:
         if part not in down_parts:

@@ -102,7 +102,10 @@ def day(tmp_path_factory):
     root = copy_project(base / "project")
     params = retrain_ready(read_yaml(root / "params.yaml"))
     params["rollout"].update(on_pass="rollout", poll_seconds=0.5, steps=[0.25, 1.0])
-    params["rollout"]["analysis"].update(min_requests=60, min_agreement=0.8)
+    # The p99 of 60 requests is their slowest one: on a shared 2-core box that is noise (a good
+    # challenger failed at 1.20x once). The latency rule has its own tests; here the arms are
+    # judged on errors, agreement and labels.
+    params["rollout"]["analysis"].update(min_requests=60, min_agreement=0.8, max_p99_ratio=3.0)
     write_yaml(params, root / "params.yaml")
     env = {**subprocess_env(), "HOME": str(root), "PREDICTION_LOG_DIR": str(root / "monitoring")}
     env.pop("BENTOML_HOME", None)

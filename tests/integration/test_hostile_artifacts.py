@@ -8,6 +8,7 @@ fail with one line naming the version; `bundle.load` and a real `bentoml serve` 
 One trained, promoted and packaged project serves the whole module.
 """
 
+import contextlib
 import hashlib
 import json
 import pickle
@@ -19,6 +20,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from helpers.champion import default_store_env, free_port, new_project, package_project, train_candidate
@@ -278,8 +280,18 @@ def test_a_tampered_store_stops_package_and_bentoml_serve(shop):
                 time.sleep(0.5)
         finally:
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                # BentoML's workers run in sessions of their own: a SIGKILL of the arbiter alone
+                # would leave them serving as orphans. SIGTERM lets it stop them; stragglers go after.
+                workers = psutil.Process(proc.pid).children(recursive=True)
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                for worker in workers:
+                    with contextlib.suppress(psutil.Error):
+                        worker.kill()
         text = log.read_text()
         assert not served, text[-3000:]
         assert proc.returncode not in (None, 0) and "does not match its recorded SHA-256" in text, text[

@@ -123,13 +123,28 @@ def test_queued_experiments_with_two_jobs_all_land_on_the_server(on_server, stac
              "-S", "train.cv_folds=2"],
             root, env, timeout=120,
         )  # fmt: skip
-    sh(["dvc", "queue", "start", "--jobs", "2"], root, env, timeout=120)
-    deadline = time.monotonic() + QUEUE_TIMEOUT
-    status = queue_state(root, env)
-    while time.monotonic() < deadline and ("Queued" in status or "Running" in status):
-        time.sleep(5)
+    # `dvc queue start` forks its workers, which keep its stdout and stderr open: with pipes
+    # (capture_output) the call would return only when every queued experiment had finished.
+    log = root / "queue-start.log"
+    with log.open("wb") as out:
+        started = subprocess.run(
+            ["dvc", "queue", "start", "--jobs", "2"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+            timeout=120,
+        )  # fmt: skip
+    status = ""
+    try:
+        assert started.returncode == 0, log.read_text()
+        deadline = time.monotonic() + QUEUE_TIMEOUT
         status = queue_state(root, env)
-    sh(["dvc", "queue", "stop", "--kill"], root, env, timeout=120) if "Running" in status else None
+        while time.monotonic() < deadline and ("Queued" in status or "Running" in status):
+            time.sleep(5)
+            status = queue_state(root, env)
+    finally:
+        # Workers left running would hold the repository's lock for the next tests of this copy.
+        if not status or "Queued" in status or "Running" in status:
+            subprocess.run(
+                ["dvc", "queue", "stop", "--kill"], cwd=root, env=env, capture_output=True, timeout=120
+            )
     assert status.count("Success") == len(depths), f"the queue did not finish cleanly:\n{status}"
 
     new = [r for r in experiment_runs(client, experiment) if r.info.run_id not in before]
