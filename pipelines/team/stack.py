@@ -51,6 +51,8 @@ REGION = "us-east-1"  # SigV4 signs a region; SeaweedFS accepts any, botocore wa
 START_TIMEOUT = {"postgres": 30.0, "seaweed": 60.0, "mlflow": 120.0}  # seconds; measured 0.1-6 s idle
 MIGRATE_TIMEOUT = 300.0
 STOP_TIMEOUT = 30.0
+# How long `down` lets an exiting process's listening ports close before it calls them left open.
+PORT_CLOSE_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -552,6 +554,16 @@ def part_ports(part: str, record: Mapping[str, Any]) -> list[int]:
     return [p for p in [found.get("port"), *found.get("ports", {}).values()] if p]
 
 
+def _still_open(ports: list[int], grace: float = PORT_CLOSE_GRACE) -> list[int]:
+    """The ports still accepting after `grace` seconds. A process that is exiting already shows an
+    empty cmdline (so it no longer counts as ours) while the kernel still tears its sockets down:
+    SeaweedFS's dozen listeners stayed open for a moment after it, and `down` failed on one."""
+    deadline = time.monotonic() + grace
+    while (open_ := [p for p in ports if procs.port_open(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return open_
+
+
 def down(root: Path, environ: Mapping[str, str]) -> list[str]:
     """Stop mlflow, seaweed, postgres by PID; idempotent. Raises if a process or port is left."""
     state = state_dir(root, environ)
@@ -565,7 +577,7 @@ def down(root: Path, environ: Mapping[str, str]) -> list[str]:
         ):
             left.append(f"{part} (pid {pid})")
         if running(part, state, record) is None:
-            left += [f"{part} port {p}" for p in part_ports(part, record) if procs.port_open(p)]
+            left += [f"{part} port {p}" for p in _still_open(part_ports(part, record))]
     if left:
         raise PipelineError(f"still running after down: {', '.join(left)}")
     return [part for part in PARTS]
