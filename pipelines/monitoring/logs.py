@@ -490,8 +490,9 @@ def class_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def read_outcomes(root: str | Path) -> pd.DataFrame:
-    """Every worker's request counts by outcome: one row per (worker, window_start, outcome), with
-    `window_s` and `count`. The files are small (one line per window per worker), read whole.
+    """Every worker's request counts by outcome: one row per (worker, window_start, version,
+    outcome), with `window_s` and `count`; `version` is None on lines written before outcome
+    counts carried one. The files are small (one line per window per worker), read whole.
     A folder without outcome files gives an empty frame: a service that answered nothing but `ok`
     before its first window closed has written none yet."""
     rows: list[dict] = []
@@ -499,9 +500,9 @@ def read_outcomes(root: str | Path) -> pd.DataFrame:
         for path in sorted(folder.iterdir()):
             if OUTCOME_FILE.fullmatch(path.name):
                 rows.extend(_outcome_rows(path, prefix))
-    frame = pd.DataFrame(rows, columns=["worker", "window_start", "window_s", "outcome", "count"])
+    frame = pd.DataFrame(rows, columns=["worker", "window_start", "window_s", "version", "outcome", "count"])
     frame["window_start"] = pd.to_datetime(frame["window_start"], utc=True)
-    return frame.astype({"count": "int64", "window_s": "float64"})
+    return frame.astype({"count": "int64", "window_s": "float64", "version": "object"})
 
 
 def read_role_outcomes(root: str | Path) -> pd.DataFrame:
@@ -546,12 +547,16 @@ def _outcome_entries(path: Path, prefix: str = "") -> Iterator[tuple[dict, dict,
                 entry = json.loads(line)
                 counts = entry["counts"]
                 by_role = entry.get("by_role") or {}
+                version = entry.get("version")
                 base = {
                     "worker": prefix + str(entry["worker"]),
                     "window_start": str(entry["window_start"]),
                     "window_s": float(entry["window_s"]),
+                    "version": version,
                 }
-                valid = all(isinstance(n, int) and n >= 0 for n in counts.values())
+                # Lines before versioned counts have none; the monitor then infers it (operations).
+                valid = version is None or (isinstance(version, str) and 0 < len(version) <= 64)
+                valid = valid and all(isinstance(n, int) and n >= 0 for n in counts.values())
                 valid = valid and isinstance(by_role, dict) and all(map(_counts_ok, by_role.values()))
             except (ValueError, KeyError, TypeError, AttributeError):
                 valid = False

@@ -110,13 +110,18 @@ def traffic_of(frames: Iterable[pd.DataFrame]) -> dict[str, VersionTraffic]:
 
 
 def attribute(outcomes: pd.DataFrame, traffic: dict[str, VersionTraffic]) -> pd.Series:
-    """The model version of each outcome row: the one version whose logged span on that worker
-    overlaps the row's window (or the worker's only version ever); else `unattributed`. Outcome
-    lines carry no version, and a worker serves one version for its life."""
+    """The model version of each outcome row: the version the line names (the service counts each
+    request under the version that answered or refused it). Lines written before they named one:
+    the one version whose logged span on that worker overlaps the row's window (or the worker's
+    only version ever); else `unattributed`."""
+    named = outcomes["version"] if "version" in outcomes else pd.Series(None, index=outcomes.index)
     versions = []
-    for worker, start, width in zip(
-        outcomes["worker"], outcomes["window_start"], outcomes["window_s"], strict=True
+    for worker, start, width, version in zip(
+        outcomes["worker"], outcomes["window_start"], outcomes["window_s"], named, strict=True
     ):
+        if isinstance(version, str):
+            versions.append(version)
+            continue
         end = start + pd.Timedelta(seconds=width)
         on_worker = {v: t.spans[worker] for v, t in traffic.items() if worker in t.spans}
         overlapping = [v for v, (first, last) in on_worker.items() if first < end and last >= start]

@@ -69,7 +69,10 @@ class Outcomes:
     inputs: one line per aligned window that had requests, so monitoring can compute error rates.
     Outcomes after routing are also counted per role under `by_role` (`champion`, `challenger`,
     and `shadow` for the off-path scoring, which is not a request and so not in `counts`), so the
-    rollout analysis can compare the arms' error rates.
+    rollout analysis can compare the arms' error rates. A request's count carries the model
+    version that answered it (or, refused before routing, the champion the worker served then):
+    one line per version a window saw, so monitoring never has to guess the version from when a
+    worker logged answers (a worker that only refused requests in a window logged none).
 
     A window's line is written when the first request of a later window arrives, at close, and at
     exit: one small write a window, none on the hot path otherwise.
@@ -80,13 +83,16 @@ class Outcomes:
         self.worker = worker
         self.interval_s = interval_s
         self._window: int | None = None
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str | None, dict[str, int]] = {}  # by version
         self._by_role: dict[str, dict[str, int]] = {}
         self._unwritten: deque[bytes] = deque(maxlen=10_000)  # kept while the disk refuses them
 
-    def count(self, kind: str, role: str | None = None, request: bool = True) -> None:
+    def count(
+        self, kind: str, role: str | None = None, request: bool = True, version: str | None = None
+    ) -> None:
         """One outcome; `role` also counts it for that arm; `request=False` (shadow scoring) counts
-        it for the role only."""
+        it for the role only; `version` is the model version the request was answered or refused
+        under."""
         window = int(time.time() // self.interval_s)
         if window != self._window:
             self.flush()
@@ -95,7 +101,8 @@ class Outcomes:
         if not (len(kind) <= 40 and kind.isidentifier()):
             kind = "other"
         if request:
-            self._counts[kind] = self._counts.get(kind, 0) + 1
+            counts = self._counts.setdefault(version, {})
+            counts[kind] = counts.get(kind, 0) + 1
         if role is not None:
             counts = self._by_role.setdefault(role if role in ROLES else "other", {})
             counts[kind] = counts.get(kind, 0) + 1
@@ -103,15 +110,15 @@ class Outcomes:
     def flush(self) -> None:
         if (self._counts or self._by_role) and self._window is not None:
             start = datetime.fromtimestamp(self._window * self.interval_s, UTC).isoformat()
-            line: dict[str, Any] = {
-                "worker": self.worker,
-                "window_start": start,
-                "window_s": self.interval_s,
-                "counts": self._counts,
-            }
+            base = {"worker": self.worker, "window_start": start, "window_s": self.interval_s}
+            # One line per version; the roles' counts (not per version) ride on the first.
+            lines: list[dict[str, Any]] = [
+                {**base, **({"version": v} if v is not None else {}), "counts": c}
+                for v, c in self._counts.items()
+            ] or [{**base, "counts": {}}]
             if self._by_role:
-                line["by_role"] = self._by_role
-            self._unwritten.append(to_json(line) + b"\n")
+                lines[0]["by_role"] = self._by_role
+            self._unwritten.extend(to_json(line) + b"\n" for line in lines)
             self._counts, self._by_role = {}, {}
         if not self._unwritten:
             return

@@ -186,14 +186,15 @@ class PredictionLog:
             raise LogUnavailable(f"the prediction log refused {len(data)} bytes: {reason}") from exc
         self._healthy = True
         self._size += len(data)
-        self.outcomes.count("ok", role, request=role != "shadow")
+        self.outcomes.count("ok", role, request=role != "shadow", version=version)
         if self._size >= self.policy.max_bytes:
             self._rotate()
 
-    def outcome(self, kind: str, role: str | None = None) -> None:
+    def outcome(self, kind: str, role: str | None = None, version: str | None = None) -> None:
         """Counts one request that was not logged as answered: `unauthorized`, `overloaded`, …;
-        with `role`, also for that arm (`shadow`: for the shadow only, it is not a request)."""
-        self.outcomes.count(kind, role, request=role != "shadow")
+        with `role`, also for that arm (`shadow`: for the shadow only, it is not a request);
+        `version` is the model version it was refused under."""
+        self.outcomes.count(kind, role, request=role != "shadow", version=version)
 
     @property
     def healthy(self) -> bool:

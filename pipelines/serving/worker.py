@@ -9,6 +9,7 @@ from pipelines.serving.auth import ApiKeys
 from pipelines.serving.bundle import LoadedModel
 from pipelines.serving.follower import Follower, Serving
 from pipelines.serving.prediction_log import PredictionLog
+from pipelines.serving.routing import CHALLENGER
 from pipelines.serving.shadow import ROLE as SHADOW
 from pipelines.serving.shadow import Shadow
 
@@ -66,7 +67,15 @@ class Worker:
         if role is not None:
             self.by_role.labels(role=role, outcome=outcome).inc()
         if outcome != "ok" and self.monitor is not None:
-            self.monitor.outcome(outcome, role)
+            self.monitor.outcome(outcome, role, None if role == SHADOW else self.version_of(role))
+
+    def version_of(self, role: str | None) -> str:
+        """The model version a request of this role was answered or refused under: the
+        challenger's for its arm, else the champion's (refusals before routing included)."""
+        serving = self.follower.serving
+        if role == CHALLENGER and serving.challenger is not None:
+            return serving.challenger.version
+        return serving.champion.version
 
 
 def current_request_id() -> str:

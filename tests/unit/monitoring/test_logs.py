@@ -173,6 +173,39 @@ def test_outcome_counts_are_read_per_worker_and_kind(tmp_path):
     assert str(counts["window_start"].dt.tz) == "UTC"
 
 
+def test_outcome_counts_carry_the_version_that_answered_or_refused(tmp_path):
+    w0 = PredictionLog(tmp_path, 0, {"fsync": "none"})
+    w0.outcome("unauthorized", version="3")
+    w0.outcome("invalid", version="3")
+    w0("r", "4", [{"x": 1}], [1], None, 1.0, role="challenger")
+    w0.outcome("overloaded", role="challenger", version="4")
+    w0.outcome("malformed")  # a caller that names none (before versioned counts)
+    w0.close()
+    lines = [json.loads(x) for x in (tmp_path / "outcomes" / "outcomes.0.jsonl").read_text().splitlines()]
+    assert [line.get("version") for line in lines] == ["3", "4", None]
+    assert sum("by_role" in line for line in lines) == 1
+    counts = logs.read_outcomes(tmp_path)
+    got = {(r.version if isinstance(r.version, str) else None, r.outcome): r.count for r in counts.itertuples()}
+    assert got == {
+        ("3", "unauthorized"): 1, ("3", "invalid"): 1, ("4", "ok"): 1, ("4", "overloaded"): 1,
+        (None, "malformed"): 1,
+    }  # fmt: skip
+    roles = logs.read_role_outcomes(tmp_path)
+    assert roles.groupby(["role", "outcome"])["count"].sum().to_dict() == {
+        ("challenger", "ok"): 1, ("challenger", "overloaded"): 1,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [7, "", "v" * 65, ["1"]])
+def test_an_outcome_line_with_a_bad_version_is_corrupt(tmp_path, version):
+    folder = tmp_path / "outcomes"
+    folder.mkdir()
+    line = {"worker": "0", "window_start": "2025-01-01T00:00:00+00:00", "window_s": 60, "version": version}
+    (folder / "outcomes.0.jsonl").write_text(json.dumps({**line, "counts": {"ok": 1}}) + "\n")
+    with pytest.raises(MonitorError, match=r"a corrupt line at line 1"):
+        logs.read_outcomes(tmp_path)
+
+
 def test_a_corrupt_outcome_line_names_file_and_line(tmp_path):
     folder = tmp_path / "outcomes"
     folder.mkdir()

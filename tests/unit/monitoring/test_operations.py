@@ -145,3 +145,27 @@ def test_rates_with_no_requests_are_none():
 def test_feedback_outcomes_are_not_prediction_requests():
     counts = {"ok": 90, "invalid": 6, "error": 4, "feedback_accepted": 500, "feedback_unavailable": 7}
     assert operations.outcome_rates(counts) == {"error_rate": 0.04, "shed_rate": 0.0, "refusal_rate": 0.06}
+
+
+def test_an_outcome_line_that_names_its_version_needs_no_span():
+    # Worker 9 only refused requests, so it logged no answers and has no span; worker 0 served v1
+    # then v2, and its line at minute 6 (between the spans) names v2.
+    traffic = {
+        "1": operations.VersionTraffic(spans={"0": [pd.Timestamp(T0), pd.Timestamp(T0 + timedelta(minutes=5))]}),
+        "2": operations.VersionTraffic(spans={"0": [pd.Timestamp(T0 + timedelta(minutes=9)), pd.Timestamp(T0 + timedelta(minutes=20))]}),
+    }  # fmt: skip
+    outcomes = pd.DataFrame(
+        {
+            "worker": ["9", "0", "0"],
+            "window_start": [pd.Timestamp(T0 + timedelta(minutes=m)) for m in (1, 6, 6)],
+            "window_s": 60.0,
+            "version": ["1", "2", None],
+            "outcome": ["unauthorized", "overloaded", "error"],
+            "count": [4, 2, 1],
+        }
+    )
+    assert list(operations.attribute(outcomes, traffic)) == ["1", "2", "unattributed"]
+    figures = operations.operations(traffic, outcomes)
+    assert figures["1"]["outcomes"] == {"unauthorized": 4}
+    assert figures["2"]["outcomes"] == {"overloaded": 2}
+    assert figures["unattributed"]["outcomes"] == {"error": 1}

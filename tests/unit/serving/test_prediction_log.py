@@ -717,18 +717,19 @@ def test_outcomes_are_counted_per_window_and_written_once_a_later_window_starts(
     log = PredictionLog(tmp_path, 5, {"outcome_interval_s": 60})
     path = tmp_path / "outcomes" / "outcomes.5.jsonl"
     for kind in ["unauthorized", "unauthorized", "body_too_large", "invalid", "overloaded"]:
-        log.outcome(kind)
+        log.outcome(kind, version="v1")
     one(log, "ok-1")
     clock[0] += 59.9
-    log.outcome("invalid")
+    log.outcome("invalid", version="v1")
     assert not path.exists() or path.read_bytes() == b""  # nothing written inside the window
     clock[0] += 0.2  # the next window
-    log.outcome("unauthorized")
+    log.outcome("unauthorized", version="v1")
     assert read_lines(path) == [
         {
             "worker": "5",
             "window_start": "2023-11-14T22:13:00+00:00",
             "window_s": 60.0,
+            "version": "v1",  # the version the requests were answered or refused under
             "counts": {"unauthorized": 2, "body_too_large": 1, "invalid": 2, "overloaded": 1, "ok": 1},
             "by_role": {"champion": {"ok": 1}},  # the answered request, by the arm that answered
         }
@@ -746,8 +747,8 @@ def test_outcome_lines_hold_counts_never_inputs_and_odd_kinds_are_bounded(tmp_pa
     log.close()
     text = (tmp_path / "outcomes" / "outcomes.0.jsonl").read_text()
     assert "424242" not in text and "secret-request" not in text
-    (line,) = read_lines(tmp_path / "outcomes" / "outcomes.0.jsonl")
-    assert line["counts"] == {"ok": 1, "other": 2}
+    answered, refused = read_lines(tmp_path / "outcomes" / "outcomes.0.jsonl")
+    assert answered["counts"] == {"ok": 1} and refused["counts"] == {"other": 2}
 
 
 def test_outcome_counts_that_cannot_be_written_are_kept_for_the_next_window(tmp_path, monkeypatch):
@@ -867,18 +868,21 @@ def test_shadow_lines_count_for_their_role_only_and_roles_are_kept_apart(tmp_pat
     rows = [{"a": 1}]
     log("r1", "3", rows, ["x"], None, 1.0, "challenger")
     log("r1", "2", rows, ["y"], None, 0.5, "shadow")
-    log.outcome("error", "challenger")
+    log.outcome("error", "challenger", "3")
     log.outcome("dropped", "shadow")
-    log.outcome("unauthorized")
+    log.outcome("unauthorized", version="2")  # refused before routing: under the champion
     clock[0] += 60
-    log.outcome("unauthorized")
+    log.outcome("unauthorized", version="2")
     lines = read_lines(log_file(tmp_path, 2))
     assert [(e["request_id"], e["model_version"], e["role"]) for e in lines] == [
         ("r1", "3", "challenger"),
         ("r1", "2", "shadow"),
     ]
     assert lines[0]["inputs"] == {"a": 1} and "inputs" not in lines[1]  # the answered line holds them
-    (window,) = read_lines(tmp_path / "outcomes" / "outcomes.2.jsonl")
-    # One request answered, one failed, one refused: shadow scoring is not a request.
-    assert window["counts"] == {"ok": 1, "error": 1, "unauthorized": 1}
-    assert window["by_role"] == {"challenger": {"ok": 1, "error": 1}, "shadow": {"ok": 1, "dropped": 1}}
+    challenger, champion = read_lines(tmp_path / "outcomes" / "outcomes.2.jsonl")
+    # One request answered, one failed, one refused: shadow scoring is not a request. Each
+    # request counts under the version it was answered or refused under.
+    assert (challenger["version"], challenger["counts"]) == ("3", {"ok": 1, "error": 1})
+    assert (champion["version"], champion["counts"]) == ("2", {"unauthorized": 1})
+    assert challenger["by_role"] == {"challenger": {"ok": 1, "error": 1}, "shadow": {"ok": 1, "dropped": 1}}
+    assert "by_role" not in champion
