@@ -185,7 +185,9 @@ def test_outcome_counts_carry_the_version_that_answered_or_refused(tmp_path):
     assert [line.get("version") for line in lines] == ["3", "4", None]
     assert sum("by_role" in line for line in lines) == 1
     counts = logs.read_outcomes(tmp_path)
-    got = {(r.version if isinstance(r.version, str) else None, r.outcome): r.count for r in counts.itertuples()}
+    got = {
+        (r.version if isinstance(r.version, str) else None, r.outcome): r.count for r in counts.itertuples()
+    }
     assert got == {
         ("3", "unauthorized"): 1, ("3", "invalid"): 1, ("4", "ok"): 1, ("4", "overloaded"): 1,
         (None, "malformed"): 1,
