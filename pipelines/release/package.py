@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,39 +100,65 @@ def rollout_settings(params: dict) -> dict[str, Any]:
     return {"poll_seconds": rules.get("poll_seconds"), "routing_field": rules.get("routing_field")}
 
 
-def compile_champion(model: Any, meta: dict[str, Any], params: dict) -> tuple[bytes | None, dict]:
-    """The champion compiled and checked on the holdout, or None and the reason it was not."""
-    from pipelines.modeling import metrics
-    from pipelines.release import compilation
+@dataclass(frozen=True)
+class ParityInputs:
+    """What a compiled or native model is checked against (release/compilation.py's parity rule):
+    the holdout, read once per packaged version, and how its metric is scored."""
 
-    choice = params["serving"].get("compile", "onnx")
-    if choice not in ("onnx", "none"):
-        raise ParamsError(f"serving.compile '{choice}' is unknown; use onnx or none")
-    if choice == "none":
-        return None, {"runtime": "sklearn", "reason": "serving.compile is 'none' in params.yaml"}
+    holdout: pd.DataFrame
+    target: str
+    task: str
+    positive: Any
+    metric: str
+    bounds: dict[str, float]
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "task": self.task,
+            "positive": self.positive,
+            "metric": self.metric,
+            "bounds": self.bounds,
+        }
+
+
+def parity_inputs(model: Any, meta: dict[str, Any], params: dict) -> ParityInputs | str:
+    """The parity check's inputs, or the reason there are none (no holdout to check on)."""
+    from pipelines.modeling import metrics
+
+    bounds = params["serving"].get("parity") or {}
+    if sorted(bounds) != sorted(PARITY_KEYS) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in bounds.values()
+    ):
+        raise ParamsError(f"serving.parity needs the numbers {', '.join(PARITY_KEYS)}")
     holdout_path = Path(params["paths"]["holdout"])
     if not holdout_path.is_file():
-        return None, {
-            "runtime": "sklearn",
-            "reason": f"no holdout at {holdout_path} to verify a compiled model on",
-        }
+        return f"no holdout at {holdout_path} to verify on"
     holdout = pd.read_parquet(holdout_path)
     task, target = meta["task"], meta["target"]
     positive = None
     if task == "classification" and len(getattr(model, "classes_", [])) == 2:
         positive = metrics.positive_label(holdout[target], meta.get("positive_class"))
-    bounds = params["serving"].get("parity") or {}
-    if sorted(bounds) != sorted(PARITY_KEYS) or not all(isinstance(v, int | float) for v in bounds.values()):
-        raise ParamsError(f"serving.parity needs the numbers {', '.join(PARITY_KEYS)}")
-    return compilation.compile_model(
-        model,
-        holdout,
-        target=target,
-        task=task,
-        positive=positive,
-        metric=params["promote"].get("primary_metric") or metrics.primary_metric(task),
-        bounds=bounds,
-    )
+    metric = params["promote"].get("primary_metric") or metrics.primary_metric(task)
+    return ParityInputs(holdout, target, task, positive, metric, dict(bounds))
+
+
+def compile_choice(params: dict) -> str:
+    choice = params["serving"].get("compile", "onnx")
+    if choice not in ("onnx", "none"):
+        raise ParamsError(f"serving.compile '{choice}' is unknown; use onnx or none")
+    return choice
+
+
+def compile_champion(model: Any, parity: ParityInputs | str, params: dict) -> tuple[bytes | None, dict]:
+    """The champion compiled and checked on the holdout, or None and the reason it was not."""
+    from pipelines.release import compilation
+
+    if compile_choice(params) == "none":
+        return None, {"runtime": "sklearn", "reason": "serving.compile is 'none' in params.yaml"}
+    if isinstance(parity, str):
+        return None, {"runtime": "sklearn", "reason": parity}
+    return compilation.compile_model(model, parity.holdout, **parity.kwargs())
 
 
 def native_enabled(params: dict) -> bool:
@@ -142,36 +169,18 @@ def native_enabled(params: dict) -> bool:
     return value
 
 
-def native_champion(model: Any, meta: dict[str, Any], params: dict) -> tuple[bytes | None, dict]:
+def native_champion(model: Any, parity: ParityInputs | str, params: dict) -> tuple[bytes | None, dict]:
     """A tree-ensemble champion built into a shared library and checked on the holdout by the
     ONNX compile's parity rule (release/native.py), or None and the reason it was not. Any
     champion whose ColumnTransformer the numpy transform reproduces exactly gets the "numpy"
     runtime instead when there is no library (release/native.py)."""
-    from pipelines.modeling import metrics
     from pipelines.release import native
 
     if not native_enabled(params):
         return None, {"runtime": None, "reason": "serving.native is false in params.yaml"}
-    holdout_path = Path(params["paths"]["holdout"])
-    if not holdout_path.is_file():
-        return None, {
-            "runtime": None,
-            "reason": f"no holdout at {holdout_path} to verify a native library on",
-        }
-    holdout = pd.read_parquet(holdout_path)
-    task, target = meta["task"], meta["target"]
-    positive = None
-    if task == "classification" and len(getattr(model, "classes_", [])) == 2:
-        positive = metrics.positive_label(holdout[target], meta.get("positive_class"))
-    return native.compile_native(
-        model,
-        holdout,
-        target=target,
-        task=task,
-        positive=positive,
-        metric=params["promote"].get("primary_metric") or metrics.primary_metric(task),
-        bounds=params["serving"].get("parity") or {},  # checked by compile_champion, which runs first
-    )
+    if isinstance(parity, str):
+        return None, {"runtime": None, "reason": parity}
+    return native.compile_native(model, parity.holdout, **parity.kwargs())
 
 
 def record_compilation(
@@ -504,9 +513,12 @@ def import_version(client: Any, version: Any, params: dict, store_name: str) -> 
     run = client.get_run(version.run_id)
     loaded = artifacts.load_version(name, version, require_digest=True)
     meta = model_meta(version, run, version.tags.get("positive_class"), params)
-    onnx, meta["compiled"] = compile_champion(loaded.model, meta, params)
+    # Checked before anything is spent: bad serving.compile, serving.native or serving.parity.
+    compile_choice(params), native_enabled(params)
+    parity = parity_inputs(loaded.model, meta, params)
+    onnx, meta["compiled"] = compile_champion(loaded.model, parity, params)
     # Built here from the verified skops bytes, never downloaded: a library runs code when loaded.
-    library, meta["native"] = native_champion(loaded.model, meta, params)
+    library, meta["native"] = native_champion(loaded.model, parity, params)
     labels = {
         "registered_model": name,
         "registry_version": str(version.version),
