@@ -76,13 +76,16 @@ class Serving:
         return routing.CHAMPION, self.champion, self.challenger
 
 
+INLINE_RUNTIMES = ("onnx", "native")  # ~0.05-0.2 ms a record: cheaper on the loop than a thread hop
+
+
 def make_arm(loaded: LoadedModel) -> Arm:
     return Arm(
         loaded,
         Batcher(
             functools.partial(answers.answer, loaded),
             loaded.meta["limits"]["max_queue_rows"],
-            inline=loaded.compiled is not None,
+            inline=loaded.runtime in INLINE_RUNTIMES,
         ),
     )
 

@@ -410,3 +410,29 @@ def test_the_batcher_serves_again_in_a_new_event_loop(inline):
     assert run(batcher.submit(rows(2, 3))) == expected(2, 3)
     assert model.calls == [[1], [2, 3]]
     assert batcher.pending_rows == 0
+
+
+@pytest.mark.parametrize(
+    ("compiled", "native", "inline"),
+    [(object(), None, True), (None, "native", True), (None, "numpy", False), (None, None, False)],
+)
+def test_a_compiled_or_native_model_is_batched_on_the_loop_and_the_rest_in_a_thread(compiled, native, inline):
+    from types import SimpleNamespace
+
+    from pipelines.serving.bundle import LoadedModel
+    from pipelines.serving.follower import make_arm
+
+    loaded = LoadedModel(
+        model=None,
+        version="1",
+        task="classification",
+        features=[],
+        meta={"limits": {"max_queue_rows": 8}},
+        compiled=compiled,
+        native=None if native is None else SimpleNamespace(name=native),
+    )
+    arm = make_arm(loaded)
+    try:
+        assert arm.batcher.inline is inline
+    finally:
+        arm.batcher.close()
