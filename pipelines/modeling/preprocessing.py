@@ -12,6 +12,10 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from pipelines.core.errors import ParamsError
 from pipelines.data.splitting import column_kinds
+from pipelines.modeling import backports
+
+# Before any encoder is fitted: the one-hot encoder's text counts at C speed (backports.py).
+backports.apply()
 
 MISSING_CATEGORY = "__missing__"
 
