@@ -4,6 +4,7 @@ the parts run in, and the printout at the end (or of a saved JSON, with --report
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 from .analysis import analyse_scaling, analyse_steps
 from .env import RESULTS, SETTINGS, check_imports, machine, make_copy, project_state
 from .overhead import part_overhead
+from .plot import plot_scaling
 from .report import TARGETS, print_report
 from .repro import part_full, part_noop, setup_repro
 from .scale import part_scaling
@@ -160,6 +162,8 @@ def run_parts(s: Session) -> None:
         )
         res["scaling"]["analysis"] = analyse_scaling(res["scaling"])
         s.save()
+        with contextlib.suppress(ValueError):  # no finished size: nothing to plot
+            print(f"  plot: {plot_scaling(res['scaling'], s.json_path.with_suffix('.png'))}", flush=True)
     if "steps" in s.parts:
         print("steps ...", flush=True)
         res["steps"] = {}
