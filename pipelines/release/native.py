@@ -2,11 +2,18 @@
 like the original.
 
 `make package` calls `compile_native` beside the ONNX compile (compilation.py). For a
-Pipeline(ColumnTransformer, tree ensemble), treelite reads the fitted trees, tl2cgen writes them
-as C, and the local gcc builds `model.so`. It serves only if, on the whole holdout and on the
-holdout with unseen text values, it passes the same parity rule as the ONNX graph
-(`compilation.parity`, same bounds), through both the request feed and the batch feed. Otherwise
-the next runtime serves (ONNX, then scikit-learn's arrays, then its frame) and the record says why.
+Pipeline(ColumnTransformer, tree ensemble), the local gcc builds `model.so`:
+
+- a RandomForest or ExtraTrees (one output): the forest kernel (`forest_kernel.py`): the fitted
+  trees exported as flat arrays, embedded in a fixed committed C kernel (`kernels/forest.c`),
+  built in about a second, answers bit for bit scikit-learn's;
+- another tree ensemble (histogram or classic gradient boosting): treelite reads the fitted
+  trees and tl2cgen writes them as C.
+
+It serves only if, on the whole holdout and on the holdout with unseen text values, it passes the
+same parity rule as the ONNX graph (`compilation.parity`, same bounds), through both the request
+feed and the batch feed. Otherwise the next runtime serves (ONNX, then scikit-learn's arrays, then
+its frame) and the record says why.
 
 The library is never taken from the registry: it is built here, from the skops bytes the gate's
 digest verified, and its SHA-256 goes into meta.json beside the other files' (bundle.py).
@@ -30,15 +37,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.release import compilation
+from pipelines.release import compilation, forest_kernel
 from pipelines.release.compilation import NotCompiled
 from pipelines.serving.runtimes import NativeRuntime, frame, model_outputs
 
 # Part of the serving spec (`package.serving_spec`): raise it whenever the same model would now
 # build another library or verdict, so `make package` replaces bundles holding the old one.
-REVISION = 1
+# 2: random forests and extra trees are built by the forest kernel, not tl2cgen.
+REVISION = 2
 COMPILER = "gcc"
-# tl2cgen settings, measured on the project's forest (200 trees, depth 10, 95k nodes) and hgb
+# tl2cgen settings (gradient boosting only, since REVISION 2), measured on the project's forest (200 trees, depth 10, 95k nodes) and hgb
 # on this 2-core box (bench/trees.py): one C file took over 5 min of gcc at -O3 (1.7 GB); 8 files
 # at -O1 about 100 s under load, -O0 43 s but half the speed. `quantize` compares integer
 # threshold indices: faster on the shallow trees of gradient boosting, the same answers.
@@ -77,11 +85,20 @@ def tree_kind(estimator: Any) -> str | None:
     return None
 
 
-def versions() -> dict[str, str]:
-    import tl2cgen
-    import treelite
+def engine(estimator: Any) -> str:
+    """What builds the library: the forest kernel, or tl2cgen for the other tree ensembles."""
+    return "forest-kernel" if forest_kernel.supports(estimator) else "tl2cgen"
 
-    found = {"treelite": treelite.__version__, "tl2cgen": tl2cgen.__version__}
+
+def versions(estimator: Any) -> dict[str, str]:
+    found: dict[str, Any] = {"engine": engine(estimator)}
+    if found["engine"] == "forest-kernel":
+        found["forest_kernel"] = forest_kernel.VERSION
+    else:
+        import tl2cgen
+        import treelite
+
+        found.update({"treelite": treelite.__version__, "tl2cgen": tl2cgen.__version__})
     try:
         first = subprocess.run([COMPILER, "--version"], capture_output=True, text=True, timeout=30).stdout
         found[COMPILER] = first.splitlines()[0] if first else "unknown"
@@ -91,12 +108,15 @@ def versions() -> dict[str, str]:
 
 
 def build_library(estimator: Any) -> bytes:
-    """The estimator's trees as a shared library's bytes (treelite import, tl2cgen C, gcc)."""
+    """The estimator's trees as a shared library's bytes: the forest kernel with the trees as
+    data, or (other ensembles) treelite import, tl2cgen C, gcc."""
+    if shutil.which(COMPILER) is None:
+        raise NotCompiled(f"no C compiler ('{COMPILER}') on PATH to build the native library")
+    if forest_kernel.supports(estimator):
+        return forest_kernel.build(estimator, COMPILER)
     import tl2cgen
     import treelite
 
-    if shutil.which(COMPILER) is None:
-        raise NotCompiled(f"no C compiler ('{COMPILER}') on PATH to build the native library")
     try:
         trees = treelite.sklearn.import_model(estimator)
     except Exception as exc:
@@ -203,7 +223,7 @@ def compile_native(
     try:
         if kind is None:
             raise NotCompiled(f"not a tree ensemble ({type(estimator).__name__}): no native library")
-        record["versions"] = versions()
+        record["versions"] = versions(estimator)
         library = build_library(estimator)
         try:
             runtime = NativeRuntime(library, model, task, threads=0, float32_input=kind == "float32")
@@ -218,6 +238,7 @@ def compile_native(
         record.update(
             {
                 "runtime": "native",
+                "engine": engine(estimator),
                 "input": kind,
                 "transform": "numpy" if exact else "scikit-learn",
                 "sha256": hashlib.sha256(library).hexdigest(),

@@ -1,8 +1,9 @@
 """The ways a packaged model computes its scores, fastest first.
 
-  native    (`NativeRuntime`) a tree ensemble compiled to C by `make package` (tl2cgen), built
-            into a shared library there and verified on the holdout; the ColumnTransformer's
-            arithmetic runs in numpy (`FastTransform`), the trees in the library;
+  native    (`NativeRuntime`) a tree ensemble built into a shared library by `make package` (the
+            forest kernel for random forests, tl2cgen's C for gradient boosting) and verified
+            on the holdout; the ColumnTransformer's arithmetic runs in numpy (`FastTransform`),
+            the trees in the library;
   compiled  (`CompiledRuntime`) the ONNX graph `make package` compiled and verified on the holdout,
             fed straight from validated records: no DataFrame, no scikit-learn per-call overhead;
   arrays    (`ArrayRuntime`) the fitted scikit-learn pipeline's branches on plain arrays;
@@ -316,10 +317,11 @@ def _one_hot_spec(encoder: Any, columns: list[str], fill: Any) -> dict[str, Any]
 
 
 class NativeRuntime:
-    """A tree ensemble in a shared library built by tl2cgen at packaging, after a FastTransform
-    (or, if the pipeline has steps it does not know, the ColumnTransformer's own transform).
-    Without a library (`library` None: a linear model, or no compiler at packaging), the fitted
-    scikit-learn estimator scores the FastTransform's matrix: the "numpy" runtime.
+    """A tree ensemble in a shared library built at packaging, after a FastTransform (or, if the
+    pipeline has steps it does not know, the ColumnTransformer's own transform). The library is
+    the forest kernel (random forests: `forest_kernel.ForestKernel`, found by its symbol) or
+    tl2cgen's. Without a library (`library` None: a linear model, or no compiler at packaging),
+    the fitted scikit-learn estimator scores the FastTransform's matrix: the "numpy" runtime.
 
     The library's bytes are verified by the caller and loaded from a fresh private folder
     (`trust.private_copy`), never from the store's path. `float32_input`: scikit-learn's
@@ -339,19 +341,30 @@ class NativeRuntime:
 
         from pipelines.serving import trust
 
-        self.predictor, self.estimator = None, model[-1]
+        self.predictor, self.kernel, self.estimator = None, None, model[-1]
         if library is not None:
-            import tl2cgen
-
             if not isinstance(library, bytes):
                 raise TypeError("NativeRuntime takes the library's verified bytes, not a path")
             with trust.private_copy(library, "model.so") as path:
-                # nthread None is tl2cgen's "every core"; it starts its threads once, here.
-                self.predictor = tl2cgen.Predictor(path, nthread=threads or None)
+                self._load(path, threads)
         self.task, self.float32_input = task, float32_input
         self.preprocess = model[0]
         self.fast = fast_transform(model) if fast else None
         self.lock = threading.Lock()  # tl2cgen: one predict call at a time per predictor
+
+    def _load(self, path: str, threads: int) -> None:
+        import ctypes
+
+        from pipelines.serving.forest_kernel import ForestKernel
+
+        library = ctypes.CDLL(path)
+        if hasattr(library, "forest_kernel_score"):
+            self.kernel = ForestKernel(library, threads)
+            return
+        import tl2cgen
+
+        # nthread None is tl2cgen's "every core"; it starts its threads once, here.
+        self.predictor = tl2cgen.Predictor(path, nthread=threads or None)
 
     def matrix_of_frame(self, X: pd.DataFrame) -> np.ndarray:
         return self.fast.frame(X) if self.fast is not None else self._sklearn(X)
@@ -366,14 +379,16 @@ class NativeRuntime:
 
     @property
     def name(self) -> str:
-        return "native" if self.predictor is not None else "numpy"
+        return "native" if self.predictor is not None or self.kernel is not None else "numpy"
 
     def run(self, matrix: np.ndarray) -> np.ndarray:
+        if self.kernel is not None:
+            rows = np.asarray(matrix, dtype=np.float32)  # scikit-learn's own rounding
+            if not np.isnan(rows).any():  # the kernel does not place NaN: scikit-learn does
+                scores = self.kernel.score(rows)
+                return scores if self.task == "classification" else scores.ravel()
         if self.predictor is None:
-            import sklearn
-
-            with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-                return model_outputs(self.estimator, matrix, self.task)
+            return self._estimator(matrix)
         import tl2cgen
 
         if self.float32_input:
@@ -384,3 +399,9 @@ class NativeRuntime:
         if self.task == "classification" and scores.shape[1] == 1:
             scores = np.hstack([1.0 - scores, scores])  # binary: the positive class's probability
         return scores if self.task == "classification" else scores.ravel()
+
+    def _estimator(self, matrix: np.ndarray) -> np.ndarray:
+        import sklearn
+
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            return model_outputs(self.estimator, matrix, self.task)

@@ -1,11 +1,13 @@
-"""The native runtime: a tree ensemble built into a shared library (treelite, tl2cgen, gcc), the
-numpy transform of the ColumnTransformer, parity with scikit-learn, and the fallbacks.
+"""The native runtime: a tree ensemble built into a shared library (the forest kernel for random
+forests and extra trees; treelite, tl2cgen and gcc for gradient boosting), the numpy transform of
+the ColumnTransformer, parity with scikit-learn, and the fallbacks.
 
 Oracles come from scikit-learn directly: its ColumnTransformer's matrix (compared bit for bit)
-and its predict_proba / predict on the same rows. Nothing is mocked: real gcc builds, loaded
-from their verified bytes.
+and its predict_proba / predict on the same rows (the forest kernel's compared bit for bit).
+Nothing is mocked: real gcc builds, loaded from their verified bytes.
 """
 
+import ctypes
 import hashlib
 import shutil
 
@@ -15,18 +17,22 @@ import pytest
 from helpers.champion import make_frame
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
     GradientBoostingClassifier,
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
+    RandomForestRegressor,
 )
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipelines.modeling import models
-from pipelines.release import native
-from pipelines.serving import runtimes
+from pipelines.release import forest_kernel, native
+from pipelines.serving import runtimes, trust
+from pipelines.serving.forest_kernel import ForestKernel
 
 BOUNDS = {"min_label_agreement": 0.999, "max_metric_delta": 0.002, "max_relative_error": 1e-4}
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc on this machine")
@@ -111,6 +117,7 @@ def test_a_tree_ensemble_builds_a_library_that_answers_like_scikit_learn(data, e
     library, record = compile_(model, holdout)
     assert library is not None, record["reason"]
     assert record["runtime"] == "native" and record["transform"] == "numpy"
+    assert record["engine"] == native.engine(estimator)
     assert record["sha256"] == hashlib.sha256(library).hexdigest()
     assert record["parity"]["passed"] and record["parity"]["unseen"]["passed"]
     runtime = runtimes.NativeRuntime(
@@ -122,6 +129,8 @@ def test_a_tree_ensemble_builds_a_library_that_answers_like_scikit_learn(data, e
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-9
     assert np.array_equal(got.argmax(axis=1), expected.argmax(axis=1))
+    if record["engine"] == "forest-kernel":
+        assert np.array_equal(got, expected)
 
 
 @needs_gcc
@@ -184,3 +193,132 @@ def test_the_runtime_takes_bytes_not_a_path(data, tmp_path):
     model = pipeline(RandomForestClassifier(n_estimators=2, random_state=0), train, features)
     with pytest.raises(TypeError, match="verified bytes"):
         runtimes.NativeRuntime(str(tmp_path / "model.so"), model, "classification")
+
+
+def loaded_kernel(estimator, threads=1):
+    with trust.private_copy(forest_kernel.build(estimator), "model.so") as path:
+        return ForestKernel(ctypes.CDLL(path), threads)
+
+
+def random_rows(n, width, seed):
+    """Normal values, some rounded to a coarse grid so that rows tie with each other and with
+    the training values, whose midpoints are the thresholds."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, width))
+    X[: n // 2] = np.round(X[: n // 2], 1)
+    return X
+
+
+@needs_gcc
+@pytest.mark.parametrize(
+    ("estimator", "classes"),
+    [
+        (RandomForestClassifier(n_estimators=25, max_depth=8, random_state=0), 2),
+        (RandomForestClassifier(n_estimators=25, random_state=1), 2),
+        (RandomForestClassifier(n_estimators=20, max_depth=6, random_state=2), 4),
+        (RandomForestClassifier(n_estimators=15, random_state=3, class_weight="balanced"), 3),
+        (ExtraTreesClassifier(n_estimators=20, random_state=4), 3),
+        (ExtraTreesClassifier(n_estimators=20, max_depth=5, random_state=5), 2),
+        (RandomForestRegressor(n_estimators=20, max_depth=10, random_state=6), 0),
+        (RandomForestRegressor(n_estimators=10, random_state=7), 0),
+        (ExtraTreesRegressor(n_estimators=15, random_state=8), 0),
+    ],
+    ids=[
+        "rf-binary-depth8",
+        "rf-binary-unlimited",
+        "rf-4-classes-depth6",
+        "rf-3-classes-weighted",
+        "et-3-classes-unlimited",
+        "et-binary-depth5",
+        "rf-regressor-depth10",
+        "rf-regressor-unlimited",
+        "et-regressor-unlimited",
+    ],
+)
+def test_the_forest_kernel_answers_bit_for_bit_like_scikit_learn(estimator, classes):
+    X = random_rows(1500, 7, seed=11)
+    signal = X[:, 0] + 0.5 * X[:, 1] ** 2 + np.random.default_rng(12).normal(size=len(X))
+    y = np.digitize(signal, np.quantile(signal, np.linspace(0, 1, classes + 1)[1:-1])) if classes else signal
+    estimator.fit(X, y)
+    kernel = loaded_kernel(estimator)
+    assert (kernel.n_trees, kernel.n_features) == (len(estimator.estimators_), 7)
+    rows = np.vstack([random_rows(3001, 7, seed=13), X[:500]])
+    got = kernel.score(rows)
+    if classes:
+        assert np.array_equal(got, estimator.predict_proba(rows))
+    else:
+        assert np.array_equal(got.ravel(), estimator.predict(rows))
+    assert np.array_equal(loaded_kernel(estimator, threads=2).score(rows), got)  # rows split in two
+    assert kernel.score(rows[:0]).shape == (0, kernel.n_outputs)
+
+
+def test_float32_thresholds_are_the_largest_float32_not_above_the_threshold():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=5000).astype(np.float32)
+    b = np.nextafter(a, np.float32(np.inf))
+    thresholds = np.concatenate(
+        [(a.astype(float) + b) / 2, a.astype(float), rng.normal(size=5000), [1e39, -1e39, 0.0, -0.0]]
+    )
+    got = forest_kernel.float32_thresholds(thresholds)
+    assert got.dtype == np.float32
+    assert np.all(got.astype(float) <= thresholds)
+    with np.errstate(over="ignore"):
+        assert np.all(np.nextafter(got, np.float32(np.inf)).astype(float) > thresholds)
+
+
+@needs_gcc
+@pytest.mark.parametrize("model", ["forest", "extra"])
+def test_rows_on_a_threshold_and_one_float32_step_either_side_go_where_scikit_learn_sends_them(model):
+    """One feature: every node's threshold lies inside the node's own interval, so rows at each
+    rounded threshold (and at the float32 next to it, and at the float64 threshold itself) reach
+    that node and test its comparison."""
+    rng = np.random.default_rng(21)
+    X = np.round(rng.normal(size=(800, 1)), 2)  # ties, so thresholds are midpoints of neighbours
+    y = (X[:, 0] + rng.normal(scale=0.5, size=len(X)) > 0).astype(int)
+    kind = RandomForestClassifier if model == "forest" else ExtraTreesClassifier
+    estimator = kind(n_estimators=10, random_state=0).fit(X, y)
+    thresholds = np.concatenate(
+        [e.tree_.threshold[e.tree_.children_left != -1] for e in estimator.estimators_]
+    )
+    t32 = forest_kernel.float32_thresholds(thresholds)
+    assert np.any(t32.astype(float) < thresholds)  # some thresholds did round up in float32
+    edges = np.concatenate(
+        [t32, np.nextafter(t32, np.float32(np.inf)), np.nextafter(t32, np.float32(-np.inf))]
+    ).astype(float)
+    rows = np.concatenate([edges, thresholds]).reshape(-1, 1)
+    assert np.array_equal(loaded_kernel(estimator).score(rows), estimator.predict_proba(rows))
+
+
+@needs_gcc
+def test_the_forest_kernel_refuses_rows_of_another_width():
+    rng = np.random.default_rng(0)
+    estimator = RandomForestRegressor(n_estimators=3, random_state=0).fit(
+        rng.normal(size=(50, 3)), rng.normal(size=50)
+    )
+    with pytest.raises(ValueError, match="3 features"):
+        loaded_kernel(estimator).score(np.zeros((4, 2)))
+
+
+def test_the_forest_kernel_takes_only_single_output_forests():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    two_outputs = RandomForestRegressor(n_estimators=2, random_state=0).fit(X, rng.normal(size=(60, 2)))
+    assert not forest_kernel.supports(two_outputs)
+    assert not forest_kernel.supports(GradientBoostingClassifier(n_estimators=2).fit(X, X[:, 0] > 0))
+    with pytest.raises(native.NotCompiled, match="does not score"):
+        forest_kernel.forest_blob(two_outputs)
+
+
+@needs_gcc
+def test_a_forest_is_built_by_the_kernel_and_nan_rows_are_scored_by_scikit_learn(data):
+    train, holdout, features = data
+    model = pipeline(RandomForestClassifier(n_estimators=12, max_depth=7, random_state=0), train, features)
+    library, record = compile_(model, holdout)
+    assert library is not None, record["reason"]
+    assert record["engine"] == "forest-kernel" and "tl2cgen" not in record["versions"]
+    runtime = runtimes.NativeRuntime(library, model, "classification", float32_input=True)
+    assert runtime.kernel is not None and runtime.predictor is None
+    matrix = runtime.matrix_of_frame(holdout[features])
+    assert np.array_equal(runtime.run(matrix), model.predict_proba(holdout[features]))
+    matrix[3, 0] = np.nan  # the transform imputes, so only a hand-made matrix has NaN
+    assert np.array_equal(runtime.run(matrix), model[-1].predict_proba(matrix))
