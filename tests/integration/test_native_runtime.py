@@ -1,4 +1,4 @@
-"""The native runtime end to end: a random-forest champion trained, promoted and packaged by the
+"""The native runtime end to end: a random-forest champion (built by the forest kernel) trained, promoted and packaged by the
 project's own commands (`python -m pipelines package` in a subprocess), then loaded, tampered
 with and shipped to Dask workers.
 
@@ -71,12 +71,14 @@ def test_the_forest_is_packaged_with_a_verified_library_and_serves_natively(shop
         meta["digests"][bundle.NATIVE_FILE] == hashlib.sha256(library).hexdigest() == meta["native"]["sha256"]
     )
     assert meta["native"]["parity"]["passed"] and meta["native"]["input"] == "float32"
+    assert meta["native"]["engine"] == "forest-kernel"  # the trees as data, not tl2cgen's code
     loaded = bundle.load(folder)
     assert loaded.batch_runtime == "native" and loaded.native is not None
+    assert loaded.native.kernel is not None
     holdout = pd.read_parquet(params["paths"]["holdout"])
     X = holdout[loaded.features]
     expected = loaded.model.predict_proba(X)
-    assert np.abs(loaded.frame_scores(X) - expected).max() < 1e-9
+    assert np.array_equal(loaded.frame_scores(X), expected)  # bit for bit
     records = json.loads(X.head(50).to_json(orient="records"))
     by_library = loaded.native.run(loaded.native.matrix_of_records(records, loaded.features))
     assert np.abs(by_library - loaded.model.predict_proba(X.head(50))).max() < 1e-6
