@@ -79,8 +79,9 @@ def compiled(model, holdout: pd.DataFrame, params: dict) -> tuple[bytes | None, 
     return onnx, library, records
 
 
-def runtimes_of(model, task: str, onnx, library, records: dict, threads: int) -> dict:
-    """{runtime: (score a chunk)} for what compiled, plus the transforms alone."""
+def runtimes_of(model, task: str, onnx, library, records: dict, threads: int, chunk: pd.DataFrame) -> dict:
+    """{runtime: (score a chunk)} for what compiled, plus the transforms alone and the native
+    library alone (on `chunk`'s matrix, made once, outside the timing)."""
     from pipelines.serving.runtimes import CompiledRuntime, NativeRuntime, fast_transform
 
     found = {}
@@ -94,6 +95,8 @@ def runtimes_of(model, task: str, onnx, library, records: dict, threads: int) ->
             fast=records["native"]["transform"] == "numpy",
         )
         found["native"] = lambda X: lib.run(lib.matrix_of_frame(X))
+        matrix = lib.matrix_of_frame(chunk)
+        found["(native library alone)"] = lambda X: lib.run(matrix)
     if onnx is not None:
         graph = CompiledRuntime(onnx, records["onnx"]["inputs"], task, threads=threads)
         found["onnx"] = lambda X: graph.run(graph.frame_feeds(X))
@@ -146,11 +149,11 @@ def main() -> None:
         entry = {"model": type(model[-1]).__name__, "threads": {}}
         onnx, library, records = compiled(model, holdout, params)
         entry["records"] = {
-            k: {x: v.get(x) for x in ("runtime", "reason", "build_seconds", "transform")}
+            k: {x: v.get(x) for x in ("runtime", "engine", "reason", "build_seconds", "transform")}
             for k, v in records.items()
         }
         for threads, label in ((1, "one thread"), (0, "every core")):
-            found = runtimes_of(model, params["data"]["task"], onnx, library, records, threads)
+            found = runtimes_of(model, params["data"]["task"], onnx, library, records, threads, chunk)
             rates = measure(model, chunk, found, args.rounds, threads)
             entry["threads"][label] = {"rows_per_s": rates, "load": os.getloadavg()}
         results["candidates"][name] = entry

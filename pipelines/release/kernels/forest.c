@@ -27,7 +27,9 @@
 #include <string.h>
 
 #define FOREST_VERSION 1
-#define LANES 8
+#ifndef LANES
+#define LANES 8 /* rows walking a tree together */
+#endif
 #define EXPORT __attribute__((visibility("default")))
 
 typedef struct {
@@ -93,7 +95,7 @@ static void walk_lanes(const node_t *nodes, const double *values, int32_t depth,
                        const float *x, int64_t n_features, double *out) {
     int32_t at[LANES] = {0};
     for (int32_t d = 0; d < depth; d++) {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int l = 0; l < LANES; l++) {
             const node_t *nd = nodes + at[l];
             at[l] = nd->left + !(x[l * n_features + nd->feature] <= nd->threshold);
