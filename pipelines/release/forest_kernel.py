@@ -1,9 +1,9 @@
-"""A random forest as flat arrays built into a small shared library: the trees of a fitted
-scikit-learn RandomForest or ExtraTrees (classifier or regressor, one output) exported as data,
-next to a fixed C kernel (`kernels/forest.c`, committed) that walks them, compiled by gcc in about
-a second. It replaces tl2cgen for these kinds only: tl2cgen writes each of the forest's ~100k nodes
-as code, which gcc took 53-165 s to build and which ran no faster than scikit-learn
-(bench/README.md, "Batch scoring by runtime").
+"""A tree ensemble as flat arrays built into a small shared library: the trees of a fitted
+scikit-learn RandomForest or ExtraTrees (classifier or regressor, one output) or
+GradientBoosting exported as data, next to a fixed C kernel (`kernels/forest.c`, committed) that
+walks them, compiled by gcc in about a second. It replaces tl2cgen for these kinds only: tl2cgen
+writes each of the forest's ~100k nodes as code, which gcc took 53-165 s to build and which ran no
+faster than scikit-learn (bench/README.md, "Batch scoring by runtime").
 
 The answers are scikit-learn's bit for bit, by construction (the kernel's header says how), and
 `native.compile_native` still proves it on the holdout before the library can serve.
@@ -23,23 +23,37 @@ from pipelines.release.compilation import NotCompiled
 
 SOURCE = Path(__file__).parent / "kernels" / "forest.c"
 VERSION = 1  # the blob's layout: FOREST_VERSION in the kernel
+FOREST, BOOSTING = 0, 1  # the blob's kind: how the caller starts and finishes the sums
 # -O2 and the kernel's own unrolling; no -march: the library may run on another x86-64 machine
-# (a Dask worker), and none of these flags changes an IEEE sum or comparison (no -ffast-math).
-FLAGS = ["-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-std=c11"]
+# (a Dask worker). No flag may change an IEEE sum, product or comparison: no -ffast-math, and no
+# fused multiply-add (scikit-learn multiplies, then adds).
+FLAGS = ["-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-std=c11", "-ffp-contract=off"]
 NODE = np.dtype([("threshold", "<f4"), ("feature", "<i4"), ("left", "<i4")])
 
 
-def supports(estimator: Any) -> bool:
-    """Whether the kernel can score `estimator`: a fitted single-output RandomForest/ExtraTrees."""
+def kind(estimator: Any) -> int | None:
+    """FOREST for a fitted single-output RandomForest/ExtraTrees, BOOSTING for a fitted
+    GradientBoosting, None for what the kernel does not score."""
     from sklearn.ensemble import (
         ExtraTreesClassifier,
         ExtraTreesRegressor,
+        GradientBoostingClassifier,
+        GradientBoostingRegressor,
         RandomForestClassifier,
         RandomForestRegressor,
     )
 
-    kinds = (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor)
-    return isinstance(estimator, kinds) and getattr(estimator, "n_outputs_", None) == 1
+    forests = (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor)
+    if isinstance(estimator, forests) and getattr(estimator, "n_outputs_", None) == 1:
+        return FOREST
+    boosting = (GradientBoostingClassifier, GradientBoostingRegressor)
+    if isinstance(estimator, boosting) and hasattr(estimator, "estimators_"):
+        return BOOSTING
+    return None
+
+
+def supports(estimator: Any) -> bool:
+    return kind(estimator) is not None
 
 
 def float32_thresholds(thresholds: np.ndarray) -> np.ndarray:
@@ -77,21 +91,36 @@ def tree_arrays(tree: Any) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def forest_blob(estimator: Any) -> bytes:
-    """The forest as the kernel reads it (kernels/forest.c's header gives the layout)."""
-    if not supports(estimator):
+    """The ensemble as the kernel reads it (kernels/forest.c's header gives the layout)."""
+    found = kind(estimator)
+    if found is None:
         raise NotCompiled(f"the forest kernel does not score {type(estimator).__name__}")
-    trees = [tree_arrays(e.tree_) for e in estimator.estimators_]
-    n_outputs = trees[0][1].shape[1]
+    if found == FOREST:
+        members = [(tree, 0) for tree in estimator.estimators_]
+        scale, n_outputs = 1.0, estimator.estimators_[0].tree_.value.shape[2]
+    else:  # stage by stage, then class by class: scikit-learn's predict_stages order
+        members = [(tree, k) for stage in estimator.estimators_ for k, tree in enumerate(stage)]
+        scale, n_outputs = float(estimator.learning_rate), estimator.estimators_.shape[1]
+    trees = [tree_arrays(tree.tree_) for tree, _ in members]
+    width = trees[0][1].shape[1]
     sizes = np.array([len(nodes) for nodes, _, _ in trees], dtype=np.int64)
-    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype("<i8")
-    depth = np.array([d for _, _, d in trees], dtype="<i4")
     header = struct.pack(
-        "<8s4iq", b"SKFOREST", VERSION, len(trees), estimator.n_features_in_, n_outputs, int(sizes.sum())
+        "<8s6iq",
+        b"SKFOREST",
+        VERSION,
+        found,
+        len(trees),
+        estimator.n_features_in_,
+        n_outputs,
+        width,
+        int(sizes.sum()),
     )
     parts = [
         header,
-        first.tobytes(),
-        depth.tobytes(),
+        np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype("<i8").tobytes(),
+        np.array([d for _, _, d in trees], dtype="<i4").tobytes(),
+        np.array([k for _, k in members], dtype="<i4").tobytes(),
+        np.full(len(trees), scale, dtype="<f8").tobytes(),
         np.concatenate([n for n, _, _ in trees]).tobytes(),
         np.concatenate([v for _, v, _ in trees]).tobytes(),
     ]

@@ -4,11 +4,10 @@ like the original.
 `make package` calls `compile_native` beside the ONNX compile (compilation.py). For a
 Pipeline(ColumnTransformer, tree ensemble), the local gcc builds `model.so`:
 
-- a RandomForest or ExtraTrees (one output): the forest kernel (`forest_kernel.py`): the fitted
-  trees exported as flat arrays, embedded in a fixed committed C kernel (`kernels/forest.c`),
-  built in about a second, answers bit for bit scikit-learn's;
-- another tree ensemble (histogram or classic gradient boosting): treelite reads the fitted
-  trees and tl2cgen writes them as C.
+- a RandomForest or ExtraTrees (one output) or a GradientBoosting: the forest kernel
+  (`forest_kernel.py`): the fitted trees exported as flat arrays, embedded in a fixed committed C
+  kernel (`kernels/forest.c`), built in about a second, answers bit for bit scikit-learn's;
+- a histogram gradient boosting: treelite reads the fitted trees and tl2cgen writes them as C.
 
 It serves only if, on the whole holdout and on the holdout with unseen text values, it passes the
 same parity rule as the ONNX graph (`compilation.parity`, same bounds), through both the request
@@ -43,11 +42,11 @@ from pipelines.serving.runtimes import NativeRuntime, frame, model_outputs
 
 # Part of the serving spec (`package.serving_spec`): raise it whenever the same model would now
 # build another library or verdict, so `make package` replaces bundles holding the old one.
-# 2: random forests and extra trees are built by the forest kernel, not tl2cgen.
+# 2: random forests, extra trees and gradient boosting are built by the forest kernel, not tl2cgen.
 REVISION = 2
 COMPILER = "gcc"
-# tl2cgen settings (gradient boosting only, since REVISION 2), measured on the project's forest (200 trees, depth 10, 95k nodes) and hgb
-# on this 2-core box (bench/trees.py): one C file took over 5 min of gcc at -O3 (1.7 GB); 8 files
+# tl2cgen settings (histogram gradient boosting only, since REVISION 2), measured on the
+# project's forest (200 trees, depth 10, 95k nodes) and hgb on this 2-core box (bench/trees.py): one C file took over 5 min of gcc at -O3 (1.7 GB); 8 files
 # at -O1 about 100 s under load, -O0 43 s but half the speed. `quantize` compares integer
 # threshold indices: faster on the shallow trees of gradient boosting, the same answers.
 # annotate_branch (branch hints from the training data) did not help measurably (README).

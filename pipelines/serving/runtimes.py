@@ -1,9 +1,9 @@
 """The ways a packaged model computes its scores, fastest first.
 
   native    (`NativeRuntime`) a tree ensemble built into a shared library by `make package` (the
-            forest kernel for random forests, tl2cgen's C for gradient boosting) and verified
-            on the holdout; the ColumnTransformer's arithmetic runs in numpy (`FastTransform`),
-            the trees in the library;
+            forest kernel for random forests and gradient boosting, tl2cgen's C for histogram
+            gradient boosting) and verified on the holdout; the ColumnTransformer's arithmetic
+            runs in numpy (`FastTransform`), the trees in the library;
   compiled  (`CompiledRuntime`) the ONNX graph `make package` compiled and verified on the holdout,
             fed straight from validated records: no DataFrame, no scikit-learn per-call overhead;
   arrays    (`ArrayRuntime`) the fitted scikit-learn pipeline's branches on plain arrays;
@@ -319,8 +319,8 @@ def _one_hot_spec(encoder: Any, columns: list[str], fill: Any) -> dict[str, Any]
 class NativeRuntime:
     """A tree ensemble in a shared library built at packaging, after a FastTransform (or, if the
     pipeline has steps it does not know, the ColumnTransformer's own transform). The library is
-    the forest kernel (random forests: `forest_kernel.ForestKernel`, found by its symbol) or
-    tl2cgen's. Without a library (`library` None: a linear model, or no compiler at packaging),
+    the forest kernel (random forests and gradient boosting: `forest_kernel.ForestKernel`, found
+    by its symbol) or tl2cgen's (histogram gradient boosting). Without a library (`library` None: a linear model, or no compiler at packaging),
     the fitted scikit-learn estimator scores the FastTransform's matrix: the "numpy" runtime.
 
     The library's bytes are verified by the caller and loaded from a fresh private folder
@@ -385,7 +385,7 @@ class NativeRuntime:
         if self.kernel is not None:
             rows = np.asarray(matrix, dtype=np.float32)  # scikit-learn's own rounding
             if not np.isnan(rows).any():  # the kernel does not place NaN: scikit-learn does
-                scores = self.kernel.score(rows)
+                scores = self.kernel.score(rows, self.estimator)
                 return scores if self.task == "classification" else scores.ravel()
         if self.predictor is None:
             return self._estimator(matrix)

@@ -20,6 +20,7 @@ from sklearn.ensemble import (
     ExtraTreesClassifier,
     ExtraTreesRegressor,
     GradientBoostingClassifier,
+    GradientBoostingRegressor,
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
@@ -222,6 +223,11 @@ def random_rows(n, width, seed):
         (RandomForestRegressor(n_estimators=20, max_depth=10, random_state=6), 0),
         (RandomForestRegressor(n_estimators=10, random_state=7), 0),
         (ExtraTreesRegressor(n_estimators=15, random_state=8), 0),
+        (GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=9), 2),
+        (GradientBoostingClassifier(n_estimators=15, max_depth=4, random_state=10), 3),
+        (GradientBoostingClassifier(n_estimators=10, init="zero", subsample=0.7, random_state=11), 2),
+        (GradientBoostingRegressor(n_estimators=25, max_depth=5, learning_rate=0.3, random_state=12), 0),
+        (GradientBoostingRegressor(n_estimators=10, loss="huber", max_depth=None, random_state=13), 0),
     ],
     ids=[
         "rf-binary-depth8",
@@ -233,6 +239,11 @@ def random_rows(n, width, seed):
         "rf-regressor-depth10",
         "rf-regressor-unlimited",
         "et-regressor-unlimited",
+        "gb-binary",
+        "gb-3-classes",
+        "gb-binary-zero-init",
+        "gb-regressor",
+        "gb-regressor-huber-unlimited",
     ],
 )
 def test_the_forest_kernel_answers_bit_for_bit_like_scikit_learn(estimator, classes):
@@ -241,15 +252,15 @@ def test_the_forest_kernel_answers_bit_for_bit_like_scikit_learn(estimator, clas
     y = np.digitize(signal, np.quantile(signal, np.linspace(0, 1, classes + 1)[1:-1])) if classes else signal
     estimator.fit(X, y)
     kernel = loaded_kernel(estimator)
-    assert (kernel.n_trees, kernel.n_features) == (len(estimator.estimators_), 7)
+    assert (kernel.n_trees, kernel.n_features) == (np.size(estimator.estimators_), 7)
     rows = np.vstack([random_rows(3001, 7, seed=13), X[:500]])
-    got = kernel.score(rows)
+    got = kernel.score(rows, estimator)
     if classes:
         assert np.array_equal(got, estimator.predict_proba(rows))
     else:
         assert np.array_equal(got.ravel(), estimator.predict(rows))
-    assert np.array_equal(loaded_kernel(estimator, threads=2).score(rows), got)  # rows split in two
-    assert kernel.score(rows[:0]).shape == (0, kernel.n_outputs)
+    assert np.array_equal(loaded_kernel(estimator, threads=2).score(rows, estimator), got)  # split in two
+    assert len(kernel.score(rows[:0], estimator)) == 0
 
 
 def test_float32_thresholds_are_the_largest_float32_not_above_the_threshold():
@@ -299,12 +310,13 @@ def test_the_forest_kernel_refuses_rows_of_another_width():
         loaded_kernel(estimator).score(np.zeros((4, 2)))
 
 
-def test_the_forest_kernel_takes_only_single_output_forests():
+def test_the_forest_kernel_takes_single_output_forests_and_gradient_boosting_only():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 3))
     two_outputs = RandomForestRegressor(n_estimators=2, random_state=0).fit(X, rng.normal(size=(60, 2)))
     assert not forest_kernel.supports(two_outputs)
-    assert not forest_kernel.supports(GradientBoostingClassifier(n_estimators=2).fit(X, X[:, 0] > 0))
+    assert not forest_kernel.supports(HistGradientBoostingClassifier(max_iter=2).fit(X, X[:, 0] > 0))
+    assert forest_kernel.supports(GradientBoostingClassifier(n_estimators=2).fit(X, X[:, 0] > 0))
     with pytest.raises(native.NotCompiled, match="does not score"):
         forest_kernel.forest_blob(two_outputs)
 
