@@ -44,6 +44,18 @@ def read_table(source: str) -> pd.DataFrame:
     return frame
 
 
+def release_arrow_memory() -> int:
+    """Hands the memory Arrow freed back to the OS; the bytes it still holds. pandas keeps text
+    in Arrow buffers, and Arrow's allocator keeps what a frame freed for reuse: after the train
+    stage turned 5.6M rows of text into categoricals, 1 GB the process no longer used stayed in
+    its RSS through the fit (bench/README, "Performance at scale")."""
+    import pyarrow as pa
+
+    pool = pa.default_memory_pool()
+    pool.release_unused()
+    return int(pool.bytes_allocated())
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)

@@ -145,3 +145,16 @@ def test_atomic_writes_respect_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     expected = stat.S_IMODE((tmp_path / "plain.json").stat().st_mode)
     assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == expected
+
+
+def test_release_arrow_memory_reports_what_arrow_still_holds():
+    import pyarrow as pa
+
+    pool = pa.default_memory_pool()
+    before = pool.bytes_allocated()
+    big = pa.array(["x" * 64] * 200_000)  # ~13 MB of text in Arrow buffers
+    held = pool.bytes_allocated()
+    assert held - before >= 12_000_000
+    del big
+    left = files.release_arrow_memory()
+    assert left == pool.bytes_allocated() and left <= held - 12_000_000
