@@ -104,7 +104,10 @@ def test_a_pool_opened_at_once_spreads_over_both_workers_without_errors(server):
     per_worker = answered_per_worker(log_dir)
     assert sum(per_worker.values()) == total
     assert len(per_worker) == 2, per_worker  # both workers answered
-    assert min(per_worker.values()) >= 0.2 * total, per_worker
+    # Without recycling the burst's worker keeps every connection (0 answers on the other). Even
+    # balance is not promised: on a loaded box the worker that gets less CPU accepts fewer
+    # reconnects (seen 140 of 960 beside a 1,000x benchmark), so the bound is well clear of 0.
+    assert min(per_worker.values()) >= 0.1 * total, per_worker
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
