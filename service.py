@@ -15,7 +15,17 @@ from typing import Any
 import bentoml
 from threadpoolctl import threadpool_limits
 
-from pipelines.serving import app, auth, bundle, follower, middleware, prediction_log, registry_view, worker
+from pipelines.serving import (
+    app,
+    auth,
+    bundle,
+    direct,
+    follower,
+    middleware,
+    prediction_log,
+    registry_view,
+    worker,
+)
 
 CHAMPION = bentoml.models.BentoModel(f"{bundle.MODEL_NAME}:latest")
 _worker: list[worker.Worker] = []  # set once per worker process, when the model is loaded
@@ -118,3 +128,12 @@ class Predictor:
     async def __is_ready__(self) -> bool:
         """BentoML's /readyz: unready while the prediction log cannot be written."""
         return bool(_worker) and _worker[0].monitor.healthy
+
+
+# POST /predict is answered inside BentoML's middleware (metrics, tracing, timeout, concurrency),
+# before the mounted FastAPI app's routing (pipelines/serving/direct.py says why); DIRECT_PREDICT=0
+# sends it through the FastAPI route instead (bench/serve.py --compare DIRECT_PREDICT=0,1).
+if os.environ.get("DIRECT_PREDICT", "1") != "0":
+    Predictor.add_asgi_middleware(
+        direct.DirectPredict, endpoint=direct.predict_endpoint(META, lambda: _worker[0])
+    )

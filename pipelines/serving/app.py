@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 from pipelines.serving import answers, feedback, routing, schema
 from pipelines.serving.batcher import Overloaded
@@ -40,6 +41,51 @@ def served_status(status: dict[str, Any], served: str) -> dict[str, Any]:
     if status.get("champion_version") in (None, UNKNOWN):
         return status
     return {**status, "served_is_champion": status["champion_version"] == served}
+
+
+async def serve_predict(worker: Worker, headers: list[tuple[bytes, bytes]], records: list[Any]) -> Response:
+    """POST /predict once its body is valid: route, score, log, count and answer. Shared by the
+    FastAPI route (documented in the OpenAPI schema) and `direct.DirectPredict` (what serves)."""
+    started = time.perf_counter()
+    rows = [r.model_dump() for r in records]
+    # One snapshot of what serves for the whole request: a swap meanwhile does not touch it.
+    serving = worker.serving
+    key = None
+    if serving.mode == "canary":
+        key = routing.header_key(headers) or routing.field_key(rows, worker.routing_field)
+    role, arm, shadow_arm = serving.route(key)
+    try:
+        predictions, probabilities = await arm.batcher.submit(rows)
+    except Overloaded:
+        worker.count("overloaded", role)
+        return error(503, "overloaded", "too many rows are waiting; retry shortly", **{"Retry-After": "1"})
+    except Exception:
+        log.exception("prediction failed (%s v%s)", role, arm.version)
+        worker.count("error", role)
+        return error(500, "internal_error", "the service failed; the request id is in the logs")
+    request_id = current_request_id()
+    elapsed = time.perf_counter() - started
+    latency_ms = elapsed * 1000
+    if worker.monitor is not None:
+        try:  # logged before counted: an answer that is not in the log is not an `ok`
+            worker.monitor(request_id, arm.version, rows, predictions, probabilities, latency_ms, role)
+        except LogUnavailable:
+            worker.count("log_unavailable", role)
+            return error(
+                503,
+                "log_unavailable",
+                "the prediction log cannot be written; retry shortly",
+                **{"Retry-After": "1"},
+            )
+    worker.count("ok", role)
+    worker.records.inc(len(rows))
+    worker.latency.observe(elapsed)
+    if shadow_arm is not None:  # scored after this answer is sent, never returned
+        worker.shadow.submit(shadow_arm, request_id, rows)
+    answer = answers.response_body(request_id, arm.version, predictions, probabilities, role)
+    # Built by us from plain values: FastAPI's re-validation against the response model
+    # would cost more than the compiled model's call. The model still documents the schema.
+    return FastJSONResponse(answer)
 
 
 def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
@@ -91,51 +137,7 @@ def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
         summary="Predict for 1..N records given in the raw data's column names",
     )
     async def predict(request: Request, body: body_model) -> Any:  # type: ignore[valid-type]
-        worker = worker_ref()
-        started = time.perf_counter()
-        rows = [r.model_dump() for r in body.records]
-        # One snapshot of what serves for the whole request: a swap meanwhile does not touch it.
-        serving = worker.serving
-        key = None
-        if serving.mode == "canary":
-            key = routing.header_key(request.scope["headers"]) or routing.field_key(
-                rows, worker.routing_field
-            )
-        role, arm, shadow_arm = serving.route(key)
-        try:
-            predictions, probabilities = await arm.batcher.submit(rows)
-        except Overloaded:
-            worker.count("overloaded", role)
-            return error(
-                503, "overloaded", "too many rows are waiting; retry shortly", **{"Retry-After": "1"}
-            )
-        except Exception:
-            log.exception("prediction failed (%s v%s)", role, arm.version)
-            worker.count("error", role)
-            return error(500, "internal_error", "the service failed; the request id is in the logs")
-        request_id = current_request_id()
-        elapsed = time.perf_counter() - started
-        latency_ms = elapsed * 1000
-        if worker.monitor is not None:
-            try:  # logged before counted: an answer that is not in the log is not an `ok`
-                worker.monitor(request_id, arm.version, rows, predictions, probabilities, latency_ms, role)
-            except LogUnavailable:
-                worker.count("log_unavailable", role)
-                return error(
-                    503,
-                    "log_unavailable",
-                    "the prediction log cannot be written; retry shortly",
-                    **{"Retry-After": "1"},
-                )
-        worker.count("ok", role)
-        worker.records.inc(len(rows))
-        worker.latency.observe(elapsed)
-        if shadow_arm is not None:  # scored after this answer is sent, never returned
-            worker.shadow.submit(shadow_arm, request_id, rows)
-        answer = answers.response_body(request_id, arm.version, predictions, probabilities, role)
-        # Built by us from plain values: FastAPI's re-validation against the response model
-        # would cost more than the compiled model's call. The model still documents the schema.
-        return FastJSONResponse(answer)
+        return await serve_predict(worker_ref(), request.scope["headers"], body.records)
 
     feedback_body = feedback.request_model(limits["max_records"])
     labels_log: list[feedback.FeedbackLog] = []  # made in the worker, at its first labels
