@@ -12,9 +12,12 @@ The load of record is `wrk` (Debian; closed loop, keep-alive): 2 threads at 1, 8
 connections, `--wrk-seconds` each, percentiles from its HDR histogram; errors are non-2xx answers
 plus socket errors. wrk waits for each answer before it sends the next on a connection, so it
 shows the tail at saturation but hides a stall behind the requests it did not send. The second
-figure is therefore open loop (`paced`, this file): requests due at a fixed rate, half the highest
-saturated throughput, each sent when due whatever the others do, its latency counted from when it
-was due; the client reports its own send lag and CPU, to show that it is not the bottleneck. For
+figure is therefore open loop: requests due at a fixed rate, half the highest saturated throughput
+(and a quarter of it, for the shape of the curve), each sent when due whatever the others do, its
+latency counted from when it was due. The client is bench/openloop.c, built with gcc here (timerfd
+pacing, epoll, a few percent of a core); without gcc, `paced` in this file (Python, 1 ms timers).
+Either reports its own send lag and CPU, to show that it is not the bottleneck, and the servers'
+CPU per request over the run is read from /proc. For
 the service, each worker's share of the answers (its prediction log's lines) is shown too. The
 old Python aiohttp client is kept for the service as a comparison row only.
 
@@ -358,6 +361,68 @@ def paced(url: str, bodies: list[bytes], rate: float, seconds: float, max_connec
         return asyncio.run(_paced(url, bodies, rate, seconds, max_connections))
 
 
+OPENLOOP_C = Path(__file__).with_name("openloop.c")
+
+
+def openloop_binary(workdir: Path) -> Path | None:
+    """bench/openloop.c built with gcc into `workdir`; None without gcc (then the Python client)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return None
+    binary = workdir / "openloop"
+    if not binary.exists():
+        subprocess.run([gcc, "-O2", "-o", str(binary), str(OPENLOOP_C)], check=True, capture_output=True)
+    return binary
+
+
+def paced_c(binary: Path, url: str, bodies_file: Path, rate: float, seconds: float) -> dict:
+    """The open loop by bench/openloop.c (timerfd pacing, epoll; latency from each due time)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    cmd = [
+        str(binary), parts.hostname or "127.0.0.1", str(parts.port or 80), f"{rate:.1f}", str(seconds),
+        "8", "256", str(bodies_file), parts.path, BENCH_KEY,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"openloop failed: {done.stderr[-1000:]}")
+    raw = json.loads(done.stdout.strip().splitlines()[-1])
+    return {
+        "client": "openloop.c",
+        "rate": round(rate, 1),
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in raw.items()},
+        "client_bound": raw["client_send_lag_p99_ms"] > CLIENT_LAG_LIMIT_MS,
+        "load": round(os.getloadavg()[0], 2),
+    }
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (bentoml serve's workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+OPEN_LOOP_SHARES = (0.5, 0.25)  # of the highest saturated throughput: the target's, and a lighter load
+
+
 def worker_counts(log_dir: Path) -> dict[str, int]:
     """Requests answered so far by each worker: the lines of its prediction log (one per record)."""
     files = sorted((log_dir / "predictions").glob("predictions.*.jsonl"))
@@ -365,10 +430,16 @@ def worker_counts(log_dir: Path) -> dict[str, int]:
 
 
 def tail(
-    url: str, bodies: list[bytes], workdir: Path, log_dir: Path | None, args: argparse.Namespace
+    url: str,
+    bodies: list[bytes],
+    workdir: Path,
+    log_dir: Path | None,
+    args: argparse.Namespace,
+    server_pid: int | None = None,
 ) -> dict:
     """wrk at each level (with each worker's share of the answers, when the log is known), then
-    the open-loop client at half the highest saturated throughput."""
+    the open loop at half the highest saturated throughput, and at a quarter of it (the C client
+    when gcc is there, else the Python one), with the workers' CPU per request when known."""
     bodies_file = workdir / f"bodies-{abs(hash(bodies[0]))}.jsonl"
     bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
     wrk(url, bodies_file, 8, 3, workdir)  # warm-up
@@ -380,8 +451,22 @@ def tail(
             after = worker_counts(log_dir)
             row["per_worker"] = {w: n - before.get(w, 0) for w, n in after.items()}
         levels.append(row)
-    rate = max(r["rps"] for r in levels) / 2
-    return {"levels": levels, "open_loop": paced(url, bodies, rate, args.open_seconds)}
+    binary = openloop_binary(workdir)
+    workers = (worker_pids(server_pid) or [server_pid]) if server_pid else []
+    open_loops = {}
+    for share in OPEN_LOOP_SHARES:
+        rate = max(r["rps"] for r in levels) * share
+        used = cpu_seconds(workers) if workers else 0.0
+        if binary is not None:
+            run = paced_c(binary, url, bodies_file, rate, args.open_seconds)
+        else:
+            run = paced(url, bodies, rate, args.open_seconds)
+        if workers:
+            run["worker_cpu_ms_per_request"] = round(
+                (cpu_seconds(workers) - used) * 1000 / run["requests"], 3
+            )
+        open_loops[share] = run
+    return {"levels": levels, "open_loop": open_loops[0.5], "open_loop_quarter": open_loops[0.25]}
 
 
 def tail_table(results: dict[str, dict]) -> str:
@@ -394,12 +479,17 @@ def tail_table(results: dict[str, dict]) -> str:
             lines.append(
                 f"{name:<34} {r['load']:>5} {r['concurrency']:>5} {r['rps']:>8} {r['p50_ms']:>6} {r['p90_ms']:>6} {r['p99_ms']:>6} {r['max_ms']:>7} {r['errors']:>6}  {share}"
             )
-        o = run["open_loop"]
-        lines.append(
-            f"{name + ' open loop':<34} {o['load']:>5} {'-':>5} {o['rate']:>8} {o['p50_ms']:>6} {o['p90_ms']:>6} {o['p99_ms']:>6} {o['max_ms']:>7} {o['errors']:>6}"
-            f"  client lag p99 {o['client_send_lag_p99_ms']} ms, cpu {o['client_cpu_share']:.0%} of a core, {o['connections_opened']} conns"
-            + ("  VOID: the client was late" if o["client_bound"] else "")
-        )
+        for key, label in (("open_loop", "open loop"), ("open_loop_quarter", "open 1/4")):
+            o = run.get(key)
+            if o is None:
+                continue
+            cpu = o.get("worker_cpu_ms_per_request")
+            lines.append(
+                f"{name + ' ' + label:<34} {o['load']:>5} {'-':>5} {o['rate']:>8} {o['p50_ms']:>6} {o['p90_ms']:>6} {o['p99_ms']:>6} {o['max_ms']:>7} {o['errors']:>6}"
+                f"  {o.get('client', 'python')} lag p99 {o['client_send_lag_p99_ms']} ms, cpu {o['client_cpu_share']:.0%} of a core, {o['connections_opened']} conns"
+                + (f", workers {cpu} ms cpu/request" if cpu is not None else "")
+                + ("  VOID: the client was late" if o["client_bound"] else "")
+            )
     return "\n".join(lines)
 
 
@@ -788,7 +878,7 @@ def tail_only(args: argparse.Namespace) -> int:
             env = {**spec["env"], **({var: value} if var else {})}
             proc = start(spec["cmd"], env, spec["ready"], run_dir / "service.log")
             try:
-                tails[label] = tail(spec["url"], bodies, run_dir, spec["log_dir"], args)
+                tails[label] = tail(spec["url"], bodies, run_dir, spec["log_dir"], args, proc.pid)
             finally:
                 stop(proc)
             print(tail_table({label: tails[label]}), flush=True)
@@ -868,7 +958,7 @@ def main() -> int:
         try:
             bodies = [json.dumps(spec["wrap"]([r])).encode() for r in records]
             # wrk is the load of record (closed loop, saturating); then the open-loop client.
-            tails[name] = tail(spec["url"], bodies, workdir, spec.get("log_dir"), args)
+            tails[name] = tail(spec["url"], bodies, workdir, spec.get("log_dir"), args, proc.pid)
             results[name] = tails[name]["levels"]
             if name == "service":
                 # The HTTP floor: an endpoint that does nothing, same server.
