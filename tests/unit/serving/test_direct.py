@@ -10,6 +10,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from helpers import asgi
 
 from pipelines.serving import app as service_app
 from pipelines.serving import direct
@@ -66,32 +67,9 @@ class Worker:
         self.counted.append((outcome, role))
 
 
-def call(asgi, raw: bytes, content_type: str = "application/json") -> tuple[int, dict, dict]:
-    messages = [{"type": "http.request", "body": raw, "more_body": False}]
-    sent: list[dict] = []
-
-    async def receive():
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
+def call(asgi_app, raw: bytes, content_type: str = "application/json") -> tuple[int, dict, dict]:
     headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(raw)).encode())]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/predict",
-        "raw_path": b"/predict",
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "server": ("test", 80),
-        "client": ("127.0.0.1", 1),
-    }
-    asyncio.run(asyncio.wait_for(asgi(scope, receive, send), timeout=5))
+    sent = asgi.post(asgi_app, raw, headers)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
     body.pop("request_id", None)  # a fresh id per request, on both paths

@@ -1,11 +1,11 @@
 """pipelines/serving/responses.py: one error shape, and validation refusals that never echo input."""
 
-import asyncio
 import json
 
 import pytest
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from helpers import asgi
 from pydantic import ValidationError
 
 from pipelines.serving import schema
@@ -51,30 +51,7 @@ def post(raw: bytes | None) -> tuple[int, dict]:
     headers = [(b"content-type", b"application/json")]
     if raw is not None:
         headers.append((b"content-length", str(len(raw)).encode()))
-    messages = [{"type": "http.request", "body": raw or b"", "more_body": False}]
-    sent = []
-
-    async def receive():
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/predict",
-        "raw_path": b"/predict",
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "server": ("test", 80),
-        "client": ("127.0.0.1", 1),
-    }
-    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=5))
+    sent = asgi.post(app, raw or b"", headers)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return status, json.loads(body)
