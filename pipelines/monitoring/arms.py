@@ -43,9 +43,20 @@ ERROR_KINDS = ("error", "log_unavailable")  # an arm's failures (operations.ERRO
 SHADOW_ERROR_KINDS = ("error",)  # `dropped` is the shadow queue shedding work, not a model failing
 LOG_FIELDS = ("prediction", "probabilities", logs.ROLE)  # logs.iter_frames(only=...)
 LATENCY_NOT_JUDGED = (
-    "p99 latency: not judged in shadow mode: a shadow line's latency is one model call off the "
-    "request path, not a request (reported above)."
+    "p99 latency: not judged while one arm only scores in shadow: a shadow line's latency is one "
+    "model call off the request path, not a request (reported above)."
 )
+
+
+def shadowed_arm(mode: str, share: float = 0.0) -> str | None:
+    """The arm that answers nothing in this step, so that its requests are the ones it scored in
+    shadow: the challenger in shadow mode, the champion once the canary takes all the traffic (it
+    still scores every request in shadow, so the last step can be judged), else None."""
+    if mode == "shadow":
+        return "challenger"
+    if mode == "canary" and share >= 1.0:
+        return "champion"
+    return None
 
 
 def since_of(updated_at: str | None) -> pd.Timestamp:
@@ -106,14 +117,17 @@ def errors(outcomes: pd.DataFrame, since: pd.Timestamp) -> dict[str, int]:
     return {f"{role}.{kind}": int(n) for (role, kind), n in counts.items()}
 
 
-def arm_errors(counts: Mapping[str, int], mode: str) -> dict[str, int]:
-    """Each arm's failures: its own role's, and in shadow mode the challenger's are its shadow scorings'."""
+def arm_errors(counts: Mapping[str, int], mode: str, share: float = 0.0) -> dict[str, int]:
+    """Each arm's failures: its own role's; the shadowed arm's (`shadowed_arm`) are its shadow scorings'."""
 
     def total(role: str, kinds: Iterable[str]) -> int:
         return sum(counts.get(f"{role}.{kind}", 0) for kind in kinds)
 
-    challenger = total("shadow", SHADOW_ERROR_KINDS) if mode == "shadow" else total("challenger", ERROR_KINDS)
-    return {"champion": total("champion", ERROR_KINDS), "challenger": challenger}
+    shadowed = shadowed_arm(mode, share)
+    return {
+        arm: total("shadow", SHADOW_ERROR_KINDS) if arm == shadowed else total(arm, ERROR_KINDS)
+        for arm in ARMS
+    }
 
 
 def pairs(lines: pd.DataFrame) -> pd.DataFrame:
@@ -183,11 +197,14 @@ def figures(
     positive: Any = None,
     min_labels: int = 30,
     tolerance: float | None = None,
+    share: float = 0.0,
 ) -> dict[str, Any]:
-    """What decide judges (champion, challenger, agreement) and what the report shows beside it."""
+    """What decide judges (champion, challenger, agreement) and what the report shows beside it.
+    `share` is the canary's: at 1.0 the champion answers nothing (`shadowed_arm`)."""
     timing = latencies(lines)
     counts = errors(outcomes, since)
-    failed = arm_errors(counts, mode)
+    failed = arm_errors(counts, mode, share)
+    shadowed = shadowed_arm(mode, share)
     metrics = (
         live(lines, found_labels, positive, min_labels)
         if found_labels is not None and len(found_labels)
@@ -196,9 +213,9 @@ def figures(
     result: dict[str, Any] = {}
     for arm in ARMS:
         own = timing[arm]
-        # In shadow mode the challenger answers nothing: its requests are the ones it scored.
-        scored = own["shadow_scored"] if mode == "shadow" and arm == "challenger" else own["answered"]
-        quantile = "shadow_latency_ms" if mode == "shadow" and arm == "challenger" else "latency_ms"
+        # The shadowed arm answers nothing: its requests are the ones it scored.
+        scored = own["shadow_scored"] if arm == shadowed else own["answered"]
+        quantile = "shadow_latency_ms" if arm == shadowed else "latency_ms"
         result[arm] = {
             "requests": scored + failed[arm],
             "errors": failed[arm],
@@ -212,10 +229,13 @@ def figures(
     return result
 
 
-def judge(found: Mapping[str, Any], settings: Mapping[str, Any], mode: str) -> dict[str, Any]:
-    """comparison.decide on the step's figures. In shadow mode the p99 check is reported, not
-    judged: decide runs with no latency bound, and its latency reason is replaced by one saying so."""
-    if mode != "shadow":
+def judge(
+    found: Mapping[str, Any], settings: Mapping[str, Any], mode: str, share: float = 0.0
+) -> dict[str, Any]:
+    """comparison.decide on the step's figures. While one arm only scores in shadow
+    (`shadowed_arm`), the p99 check is reported, not judged: decide runs with no latency bound, and
+    its latency reason is replaced by one saying so."""
+    if shadowed_arm(mode, share) is None:
         return comparison.decide(found, settings)
     decision = comparison.decide(found, {**settings, "max_p99_ratio": math.inf})
     if decision["outcome"] == "inconclusive":

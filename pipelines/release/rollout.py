@@ -403,8 +403,9 @@ def analyze(root: Path, params: dict[str, Any], client: Any, name: str, folder: 
         _positive(root, params, versions) if len(labelled) else None,
         min_labels=(params.get("monitor") or {}).get("min_labels", 30),
         tolerance=settings.get("agreement_tolerance"),
+        share=float(state.get("share") or 0.0),
     )
-    decision = arms.judge(figures, settings, state["mode"])
+    decision = arms.judge(figures, settings, state["mode"], float(state.get("share") or 0.0))
     return {"state": state, "champion": champion, "figures": figures, "decision": decision}
 
 

@@ -81,7 +81,7 @@ def traffic(n, champion_p, challenger_p, canary=(), shadow_dropped=(), latency=N
 def analyse(root, mode, settings=SETTINGS, **extra):
     lines, outcomes, found = arms.read_step(root, pd.Timestamp(START), VERSIONS)
     figures = arms.figures(lines, outcomes, pd.Timestamp(START), mode, found, **extra)
-    return figures, arms.judge(figures, settings, mode)
+    return figures, arms.judge(figures, settings, mode, extra.get("share", 0.0))
 
 
 def probability(i):
@@ -231,3 +231,42 @@ def test_the_report_holds_the_figures_and_the_html_is_self_contained(tmp_path):
     assert "http://" not in page and "https://" not in page and "<script" not in page
     for reason in decision["reasons"]:
         assert reason.replace("'", "&#x27;") in page
+
+
+def test_at_a_canary_of_all_traffic_the_champion_is_judged_on_what_it_scored_in_shadow(tmp_path):
+    """At 100 % the champion answers nothing: without its shadow scorings the last step could never
+    have the champion's `min_requests`, and the rollout would wait forever."""
+    slow = {"1": lambda: 50.0, "2": lambda: 2.0}  # the champion's shadow calls: not requests
+    write_lines(tmp_path, traffic(100, probability, probability, canary=set(range(100)), latency=slow))
+    write_outcomes(tmp_path, {"shadow": {"ok": 97, "error": 3}, "challenger": {"ok": 100}})
+    figures, decision = analyse(tmp_path, "canary", share=1.0)
+    assert figures["champion"]["answered"] == 0 and figures["champion"]["shadow_scored"] == 100
+    assert figures["champion"]["requests"] == 100 + 3 and figures["champion"]["errors"] == 3
+    assert figures["challenger"]["requests"] == 100 and figures["challenger"]["errors"] == 0
+    assert decision["outcome"] == "pass", decision
+    assert arms.LATENCY_NOT_JUDGED in decision["reasons"]
+
+
+def test_at_a_canary_of_all_traffic_a_disagreeing_challenger_fails(tmp_path):
+    write_lines(tmp_path, traffic(100, probability, lambda i: 1 - probability(i), canary=set(range(100))))
+    figures, decision = analyse(tmp_path, "canary", share=1.0)
+    assert figures["agreement"]["compared"] == 100 and figures["agreement"]["rate"] == 0.0
+    assert decision["outcome"] == "fail"
+
+
+@pytest.mark.parametrize(("mode", "share", "shadowed"), [
+    ("shadow", 0.0, "challenger"),
+    ("canary", 0.05, None),
+    ("canary", 0.5, None),
+    ("canary", 1.0, "champion"),
+    ("off", 0.0, None),
+])  # fmt: skip
+def test_the_arm_that_only_shadows(mode, share, shadowed):
+    assert arms.shadowed_arm(mode, share) == shadowed
+
+
+def test_below_all_traffic_the_champion_is_judged_on_its_answers(tmp_path):
+    write_lines(tmp_path, traffic(100, probability, probability, canary=set(range(50))))
+    figures, _ = analyse(tmp_path, "canary", share=0.5)
+    assert figures["champion"]["requests"] == figures["champion"]["answered"] == 50
+    assert figures["challenger"]["requests"] == figures["challenger"]["answered"] == 50
