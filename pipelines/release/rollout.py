@@ -394,6 +394,7 @@ def analyze(root: Path, params: dict[str, Any], client: Any, name: str, folder: 
     versions = {"champion": champion, "challenger": state["challenger"]}
     lines, outcomes, labelled = arms.read_step(folder, since, versions)
     settings = rules["analysis"]
+    share = float(state.get("share") or 0.0)
     figures = arms.figures(
         lines,
         outcomes,
@@ -403,9 +404,9 @@ def analyze(root: Path, params: dict[str, Any], client: Any, name: str, folder: 
         _positive(root, params, versions) if len(labelled) else None,
         min_labels=(params.get("monitor") or {}).get("min_labels", 30),
         tolerance=settings.get("agreement_tolerance"),
-        share=float(state.get("share") or 0.0),
+        share=share,
     )
-    decision = arms.judge(figures, settings, state["mode"], float(state.get("share") or 0.0))
+    decision = arms.judge(figures, settings, state["mode"], share)
     return {"state": state, "champion": champion, "figures": figures, "decision": decision}
 
 

@@ -88,11 +88,17 @@ async def serve_predict(worker: Worker, headers: list[tuple[bytes, bytes]], reco
     return FastJSONResponse(answer)
 
 
+def request_body_model(meta: dict[str, Any]) -> Any:
+    """The POST /predict body's model, from the packaged field specs and limits (both paths use it)."""
+    limits = meta["limits"]
+    record = schema.record_model(meta["fields"], meta.get("optional_fields", {}), limits["max_string_length"])
+    return schema.request_model(record, limits["max_records"])
+
+
 def create_app(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> Any:
     """The FastAPI app for one packaged model; `worker_ref` gives the worker's state once loaded."""
     limits = meta["limits"]
-    record = schema.record_model(meta["fields"], meta.get("optional_fields", {}), limits["max_string_length"])
-    body_model = schema.request_model(record, limits["max_records"])
+    body_model = request_body_model(meta)
     # Only documents the key in the OpenAPI schema: middleware.Front checks it, before the body.
     bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
     registry = RegistryView.for_meta(meta)

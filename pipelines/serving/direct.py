@@ -25,8 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from pipelines.serving import schema
-from pipelines.serving.app import PREDICT_PATH, serve_predict
+from pipelines.serving.app import PREDICT_PATH, request_body_model, serve_predict
 from pipelines.serving.guards import BodyGuard
 from pipelines.serving.responses import error, foreign, outcome_of, validation_response
 from pipelines.serving.worker import Worker
@@ -98,13 +97,11 @@ def predict_endpoint(meta: dict[str, Any], worker_ref: Callable[[], Worker]) -> 
     """POST /predict as a bare ASGI app, the same checks and answers as the FastAPI route, behind
     the same body guard (`direct.DirectPredict` serves it)."""
     limits = meta["limits"]
-    record = schema.record_model(meta["fields"], meta.get("optional_fields", {}), limits["max_string_length"])
-    body_model = schema.request_model(record, limits["max_records"])
 
     def count(outcome: str) -> None:
         worker_ref().count(outcome)
 
-    endpoint = PredictEndpoint(body_model, worker_ref, count)
+    endpoint = PredictEndpoint(request_body_model(meta), worker_ref, count)
     return BodyGuard(
         endpoint, max_bytes=limits["max_body_bytes"], count=count, deadline=limits["body_timeout_seconds"]
     )
