@@ -61,11 +61,16 @@ class FrontedService(bentoml.Service):
 
     def to_asgi(self, is_main: bool = True) -> Any:
         inner = super().to_asgi(is_main)
+        if os.environ.get("BENTOML_TIMEOUT_TASK") != "1":  # 1: BentoML's own (bench/serve.py --compare)
+            inner = middleware.with_deadline(inner)
         _keys.append(auth.ApiKeys.from_env())
         # Keep-alive connections recycled after about this many requests, so that they spread
         # over the workers that share the listening socket (middleware.Recycler).
         recycler = middleware.Recycler(max_requests_per_connection())
-        return middleware.Front(inner, _keys[0], middleware.known_routes(inner), count, recycler)
+        routes = middleware.known_routes(inner)
+        # ONE_WRITE=0: uvicorn's two writes per answer (bench/serve.py --compare ONE_WRITE=0,1).
+        coalesce = os.environ.get("ONE_WRITE", "1") != "0"
+        return middleware.Front(inner, _keys[0], routes, count, recycler, coalesce)
 
 
 @bentoml.service(
