@@ -205,7 +205,9 @@ class Deadline:
         except TimeoutError:
             if started:
                 raise
-            await answer(send, 504, {"error": f"Not able to process the request in {self.timeout} seconds"}, {})
+            await answer(
+                send, 504, {"error": f"Not able to process the request in {self.timeout} seconds"}, {}
+            )
 
 
 def with_deadline(app: Any) -> Any:
