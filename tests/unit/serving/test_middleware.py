@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pipelines.serving.auth import ApiKeys
-from pipelines.serving.middleware import Front, known_routes
+from pipelines.serving.middleware import Deadline, Front, known_routes
 from pipelines.serving.responses import error
 
 KEY = b"k-123"
@@ -190,11 +190,12 @@ def test_bentomls_429_from_max_concurrency_is_rewritten_and_counted():
     assert counted == ["too_many_requests"]
 
 
-def test_bentomls_504_from_its_timeout_is_rewritten_and_counted():
+@pytest.mark.parametrize("timeout_layer", [TimeoutMiddleware, Deadline])
+def test_the_504_of_bentomls_timeout_or_of_ours_is_rewritten_and_counted(timeout_layer):
     async def slow(scope, receive, send):
         await asyncio.sleep(1)
 
-    front, counted = make(TimeoutMiddleware(slow, timeout=0.05))
+    front, counted = make(timeout_layer(slow, timeout=0.05))
     assert_shape(run(front, scope()), 504, "timeout")
     assert counted == ["timeout"]
 
