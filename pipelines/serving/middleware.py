@@ -180,6 +180,8 @@ class Deadline:
     the garbage collector's older generations walk again and again: full collections of about
     100 ms while serving. This answers the same (504 when no answer has started within the
     timeout; once it has started, no limit) with `asyncio.timeout`, whose timer goes with the request.
+    An app that fails before answering fails at once here; under BentoML's layer its failure
+    reached the server (a 500) only when the timer ran out.
     """
 
     def __init__(self, app: Any, timeout: float) -> None:
@@ -203,7 +205,7 @@ class Deadline:
             async with deadline:
                 await self.app(scope, receive, sending)
         except TimeoutError:
-            if started:
+            if started or not deadline.expired():  # an answer under way, or the app's own TimeoutError
                 raise
             await answer(
                 send, 504, {"error": f"Not able to process the request in {self.timeout} seconds"}, {}

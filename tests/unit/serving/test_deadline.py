@@ -134,3 +134,20 @@ def test_with_deadline_leaves_an_app_whose_stack_is_built_alone():
     app.middleware_stack = app.build_middleware_stack()  # what Starlette does at its first request
     with_deadline(app)
     assert [m.cls for m in app.user_middleware] == [TimeoutMiddleware]
+
+
+def test_an_apps_own_failure_is_not_held_for_the_timeout_unlike_bentomls():
+    async def broken(scope, receive, send):
+        raise RuntimeError("the app failed before answering")
+
+    async def own_timeout(scope, receive, send):
+        async with asyncio.timeout(0.01):  # the app's own deadline, not the layer's
+            await asyncio.sleep(1)
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(drive(Deadline(broken, timeout=30)))
+    with pytest.raises(TimeoutError):
+        asyncio.run(drive(Deadline(own_timeout, timeout=30)))
+    # The oracle: BentoML's layer waits on its timer, so the failure does not come out within 1 s.
+    with pytest.raises(TimeoutError):
+        asyncio.run(drive(TimeoutMiddleware(broken, timeout=30), timeout=1))
