@@ -486,11 +486,15 @@ def tail(
         rate = max(r["rps"] for r in levels) * share
         used = cpu_seconds(workers) if workers else 0.0
         machine = cpu_times()
+        answered_before = worker_counts(log_dir) if log_dir else {}
         if binary is not None:
             run = paced_c(binary, url, bodies_file, rate, args.open_seconds)
         else:
             run = paced(url, bodies, rate, args.open_seconds)
         run["steal"] = steal_share(machine, cpu_times())
+        if log_dir:
+            answered = worker_counts(log_dir)
+            run["per_worker"] = {w: n - answered_before.get(w, 0) for w, n in answered.items()}
         if workers:
             run["worker_cpu_ms_per_request"] = round(
                 (cpu_seconds(workers) - used) * 1000 / run["requests"], 3
@@ -519,6 +523,11 @@ def tail_table(results: dict[str, dict]) -> str:
                 f"  {o.get('client', 'python')} lag p99 {o['client_send_lag_p99_ms']} ms, cpu {o['client_cpu_share']:.0%} of a core, {o['connections_opened']} conns"
                 + (f", workers {cpu} ms cpu/request" if cpu is not None else "")
                 + (f", steal {o['steal']:.1%}" if "steal" in o else "")
+                + (
+                    f", per worker {' / '.join(str(n) for n in o['per_worker'].values())}"
+                    if o.get("per_worker")
+                    else ""
+                )
                 + ("  VOID: the client was late" if o["client_bound"] else "")
             )
     return "\n".join(lines)
