@@ -16,6 +16,7 @@ import bentoml
 from threadpoolctl import threadpool_limits
 
 from pipelines.serving import (
+    affinity,
     app,
     auth,
     bundle,
@@ -88,15 +89,23 @@ class Predictor:
     @bentoml.on_deployment
     def check_keys() -> None:
         """Once, in `bentoml serve`'s own process before any worker starts: key settings that
-        give no usable key, or a bad MAX_REQUESTS_PER_CONNECTION, refuse to start, with one line
+        give no usable key, or a bad MAX_REQUESTS_PER_CONNECTION or PIN_WORKERS, refuse to start, with one line
         (a worker would only be respawned)."""
         try:
             auth.ApiKeys.from_env()
             max_requests_per_connection()
+            affinity.setting(META["service"], os.environ)
         except (auth.KeyConfigError, ValueError) as exc:
             raise SystemExit(f"ERROR serve: {exc}") from None
 
     def __init__(self) -> None:
+        # First, so that every thread started from here on (model runtimes, log, follower)
+        # inherits the worker's core (pipelines/serving/affinity.py says why).
+        affinity.pin_worker(
+            bentoml.server_context.worker_index,
+            int(META["service"].get("workers", 1)),
+            affinity.setting(META["service"], os.environ),
+        )
         threadpool_limits(1)  # one thread per model call: OpenMP spinning costs more than it gains here
         # The prediction log: $PREDICTION_LOG_DIR/predictions/predictions.<worker>.jsonl
         log_dir = os.environ.get("PREDICTION_LOG_DIR", "monitoring")

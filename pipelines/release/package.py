@@ -42,6 +42,7 @@ SERVICE_KEYS = (
     "tls_ciphers",
     "prediction_log",
     "max_requests_per_connection",
+    "pin_workers",
 )
 PARITY_KEYS = ("min_label_agreement", "max_metric_delta", "max_relative_error")
 LIMIT_KEYS = ("max_records", "max_body_bytes", "max_string_length", "max_queue_rows", "body_timeout_seconds")

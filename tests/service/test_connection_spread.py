@@ -45,7 +45,14 @@ def server(tmp_path_factory):
     env = server_env(record, log_dir, MAX_REQUESTS_PER_CONNECTION=str(RECYCLE))
     cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(port)]
     proc = serve(cmd, root, env, port)
-    yield {"port": port, "records": records, "log_dir": log_dir, "root": root, "record": record}
+    yield {
+        "port": port,
+        "records": records,
+        "log_dir": log_dir,
+        "root": root,
+        "record": record,
+        "pid": proc.pid,
+    }
     stop(proc)
 
 
@@ -132,6 +139,54 @@ def test_a_pool_opened_at_once_spreads_over_both_workers_without_errors(server):
     # balance is not promised: on a loaded box the worker that gets less CPU accepts fewer
     # reconnects (seen 140 of 960 beside a 1,000x benchmark), so the bound is well clear of 0.
     assert min(per_worker.values()) >= 0.1 * total, per_worker
+
+
+def worker_cpus(parent: int) -> dict[int, set[str]]:
+    """Each worker process of `bentoml serve` (its children) and the CPUs its threads may use, as
+    the kernel lists them in /proc."""
+    children = [int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+    return {
+        pid: {
+            line.split(":", 1)[1].strip()
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for line in (task / "status").read_text().splitlines()
+            if line.startswith("Cpus_allowed_list")
+        }
+        for pid in children
+    }
+
+
+def test_each_worker_runs_on_a_cpu_of_its_own(server):
+    """params.yaml's `serving.pin_workers: true`, packaged: with at least as many usable CPUs as
+    its 2 workers, each worker's every thread is on one CPU, and no two workers share one."""
+    both_workers_answering(
+        server["port"], json.dumps({"records": server["records"][:1]}).encode(), server["log_dir"]
+    )
+    usable = os.sched_getaffinity(0)
+    per_worker = worker_cpus(server["pid"])
+    assert len(per_worker) == 2, per_worker
+    if len(usable) < 2:  # too few CPUs for two: nothing is pinned, so each has its parent's CPUs
+        parent = {
+            line.split(":", 1)[1].strip()
+            for line in Path(f"/proc/{server['pid']}/status").read_text().splitlines()
+            if line.startswith("Cpus_allowed_list")
+        }
+        assert all(cpus == parent for cpus in per_worker.values()), (parent, per_worker)
+        return
+    assert all(len(cpus) == 1 for cpus in per_worker.values()), per_worker  # all threads alike
+    chosen = [next(iter(cpus)) for cpus in per_worker.values()]
+    assert all(c.isdigit() and int(c) in usable for c in chosen), per_worker  # one usable CPU each
+    assert len(set(chosen)) == 2, per_worker
+
+
+def test_a_bad_pinning_setting_refuses_to_start_with_one_line(server, tmp_path):
+    env = server_env(server["record"], tmp_path / "log", PIN_WORKERS="yes")
+    cmd = [BENTOML, "serve", "service:Predictor", "--host", "127.0.0.1", "--port", str(free_port())]
+    done = subprocess.run(cmd, cwd=server["root"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("ERROR serve: ") and "PIN_WORKERS" in lines[-1], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
