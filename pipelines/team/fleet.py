@@ -220,6 +220,9 @@ def start_colour(root: Path, state: dict[str, Any], colour: str, bento: dict[str
             "BENTOML_HOME": str(replica_home(folder, name, bento["bentoml_home"])),
             "BENTOML_DO_NOT_TRACK": "true",
             "PREDICTION_LOG_DIR": str(Path(state["log_root"]) / name),
+            # Replicas share this host's CPUs: pinned, every replica's first worker would sit on
+            # the same CPU (serving.pin_workers), so the kernel places them.
+            "PIN_WORKERS": "0",
         }
         args = [binary, "serve", bento["bento"], "--host", processes.LOOPBACK, "--port", str(port)]
         pids.append(processes.start_detached(args, folder, name, env=env, cwd=root))

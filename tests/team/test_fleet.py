@@ -160,6 +160,24 @@ def test_two_replicas_answer_and_both_get_traffic(fleet):
     assert min(counts.values()) >= 10, counts  # round robin: about half each
 
 
+def cpus_allowed(pid: int) -> str:
+    """The CPUs a process may run on, as the kernel lists them."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(line.split(":", 1)[1].strip() for line in status if line.startswith("Cpus_allowed_list"))
+
+
+def test_replicas_leave_their_workers_unpinned(fleet):
+    """Replicas share the host: pinned (serving.pin_workers), every replica's first worker would
+    sit on the same CPU. Each worker keeps its replica's CPUs."""
+    fleet, _ = fleet
+    replicas = [processes.read_pid(p) for p in fleet.state.glob("blue-*.pid")]
+    assert len(replicas) == 2, replicas
+    for replica in replicas:
+        workers = _children(replica)
+        assert len(workers) == 2, workers  # serving.workers
+        assert {cpus_allowed(w) for w in workers} == {cpus_allowed(replica)}, workers
+
+
 def test_a_request_without_the_key_is_refused_through_haproxy(fleet):
     fleet, records = fleet
     connection = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=30)
