@@ -57,6 +57,19 @@ def serving_limits(params: dict) -> dict[str, int]:
     return {k: limits[k] for k in LIMIT_KEYS}
 
 
+def service_settings(params: dict) -> dict[str, Any]:
+    """The `serving` settings BentoML's service reads (SERVICE_KEYS), with the ones it would refuse at
+    start refused here, before anything is packaged."""
+    from pipelines.serving import affinity
+
+    settings = {k: params["serving"][k] for k in SERVICE_KEYS if k in params["serving"]}
+    try:
+        affinity.setting(settings, {})
+    except ValueError as exc:
+        raise ParamsError(str(exc)) from None
+    return settings
+
+
 def request_fields(params: dict) -> tuple[dict[str, dict], dict[str, dict]]:
     """The features' and the id columns' contract, from which the service builds its schema."""
     from pipelines.data import contract
@@ -79,7 +92,7 @@ def model_meta(version: Any, run: Any, positive: Any, params: dict) -> dict[str,
         "optional_fields": optional,
         "target": params["data"]["target"],
         "limits": serving_limits(params),
-        "service": {k: params["serving"][k] for k in SERVICE_KEYS if k in params["serving"]},
+        "service": service_settings(params),
         "version": str(version.version),
         "registered_model": version.name,
         "run_id": version.run_id,
@@ -212,6 +225,7 @@ def serving_spec(params: dict) -> str:
     setting change repackages the same champion. So does a new `compilation.REVISION`."""
     from pipelines.release import compilation, native
 
+    settings = service_settings(params)
     return runs.params_hash(
         [
             request_fields(params),
@@ -222,7 +236,7 @@ def serving_spec(params: dict) -> str:
             compilation.REVISION,
             native_enabled(params),
             native.REVISION,
-            *(params["serving"].get(k) for k in SERVICE_KEYS),
+            *(settings.get(k) for k in SERVICE_KEYS),
             reference_settings(params),
             rollout_settings(params),
         ]

@@ -380,3 +380,26 @@ def test_a_new_compiler_revision_repackages_the_same_champion(monkeypatch):
     assert package.serving_spec(params) == before
     monkeypatch.setattr(compilation, "REVISION", compilation.REVISION + 1)
     assert package.serving_spec(params) != before
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_a_bad_pinning_setting_is_refused_before_anything_is_packaged(value):
+    """`bentoml serve` would refuse it at start: packaging refuses it first, naming the key."""
+    from pipelines.core.errors import ParamsError
+    from pipelines.release import package
+
+    params = {**PARAMS, "paths": {**PARAMS["paths"], "contract": str(REPO / PARAMS["paths"]["contract"])}}
+    params = {**params, "serving": {**params["serving"], "pin_workers": value}}
+    with pytest.raises(ParamsError, match=r"serving\.pin_workers"):
+        package.serving_spec(params)
+
+
+def test_a_pinning_change_repackages_the_same_champion():
+    from pipelines.release import package
+
+    params = {**PARAMS, "paths": {**PARAMS["paths"], "contract": str(REPO / PARAMS["paths"]["contract"])}}
+    specs = {
+        value: package.serving_spec({**params, "serving": {**params["serving"], "pin_workers": value}})
+        for value in ("auto", True, False)
+    }
+    assert len(set(specs.values())) == 3, specs
